@@ -1,0 +1,87 @@
+"""Saving and loading a refiner: sorted JSON config + safetensors weights, never pickle."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import CONFIG_NAME, TextRefinerConfig
+
+if TYPE_CHECKING:
+    from .refiner import TextRefiner
+
+WEIGHTS_NAME = "textrefiner.safetensors"
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # a Hub id such as "user/textrefiner-coop"
+
+
+def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file`` through a temporary file and a rename: never half-written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_refiner(refiner: TextRefiner, save_directory: str | os.PathLike) -> Path:
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_save_file(refiner.state_dict(), directory / WEIGHTS_NAME, metadata={"format": "pt", "library": "textrefiner"})
+    refiner.config.save(directory)
+    return directory
+
+
+def _resolve(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Path:
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists() or not _REPO_ID.fullmatch(str(name_or_path)):
+        raise FileNotFoundError(f"{name_or_path} is not a directory holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(name_or_path), allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs))
+
+
+def load_refiner(
+    cls: type[TextRefiner], name_or_path: str | os.PathLike, *, device: torch.device | str | None = None, **hub_kwargs: Any
+) -> TextRefiner:
+    directory = _resolve(name_or_path, **hub_kwargs)
+    config = TextRefinerConfig.load(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
+    try:
+        state = load_file(str(weights), device=str(device) if device is not None else "cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{weights} is not a readable safetensors file (corrupt or truncated?): {err}") from err
+    refiner = cls(config, device=device)
+    load_state(refiner, state, source=str(weights))
+    return refiner
+
+
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """``load_state_dict`` with a readable message when widths or keys do not match."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: expected {tuple(own[k].shape)}, got {tuple(state[k].shape)}" for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch (made for another width or model?) " + "; ".join(wrong[:4]))
+        if missing:
+            parts.append(f"missing keys {missing[:6]}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:6]}")
+        raise ValueError(f"{source} does not fit this {type(module).__name__}: " + " | ".join(parts))
+    with torch.no_grad():
+        for key, value in own.items():
+            value.copy_(state[key])

@@ -1,0 +1,116 @@
+"""Tiny random CLIP models, tokenizer and image processor built offline.
+
+Used by ``textrefiner demo``, the examples, the benchmarks' smoke size and the tests:
+nothing here downloads anything. The tokenizer is a real ``CLIPTokenizer`` over a
+character-level vocabulary with an empty merges file, so prompts tokenise exactly as a
+user's real tokenizer would (start token, words, end token), one token per character.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Characters the tiny vocabulary knows; anything else becomes the unknown token.
+_CHARS = string.ascii_lowercase + string.digits + "-'.,/&()"
+_SPECIAL = ("<|startoftext|>", "<|endoftext|>")
+CONTEXT_LENGTH = 77
+
+
+def _vocab() -> dict[str, int]:
+    tokens = list(_CHARS) + [c + "</w>" for c in _CHARS] + list(_SPECIAL)
+    return {t: i for i, t in enumerate(tokens)}
+
+
+VOCAB_SIZE = len(_vocab())
+
+
+def tiny_clip_config(
+    *,
+    hidden_size: int = 32,
+    projection_dim: int = 24,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    intermediate_size: int = 37,
+    image_size: int = 32,
+    patch_size: int = 4,
+    text_hidden_size: int | None = None,
+    **overrides: Any,
+):
+    """A ``CLIPConfig`` small enough for CPU tests (vision and text towers alike)."""
+    from transformers import CLIPConfig
+
+    vocab = _vocab()
+    text_hidden = text_hidden_size or hidden_size
+    text = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=text_hidden,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        max_position_embeddings=CONTEXT_LENGTH,
+        bos_token_id=vocab[_SPECIAL[0]],
+        eos_token_id=vocab[_SPECIAL[1]],
+        pad_token_id=vocab[_SPECIAL[1]],
+        projection_dim=projection_dim,
+    )
+    vision = dict(
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=projection_dim,
+    )
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim, **overrides)
+
+
+def tiny_clip(seed: int = 0, **config_kwargs: Any):
+    """A ``CLIPModel`` with random weights drawn from ``seed`` (the global RNG is left as it was)."""
+    from transformers import CLIPModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(tiny_clip_config(**config_kwargs))
+    return model.eval()
+
+
+def tiny_tokenizer(model_max_length: int = CONTEXT_LENGTH):
+    """A real ``CLIPTokenizer`` over a character-level vocabulary, built without any download."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_file = os.path.join(tmp, "vocab.json")
+        merges_file = os.path.join(tmp, "merges.txt")
+        Path(vocab_file).write_text(json.dumps(_vocab()))
+        Path(merges_file).write_text("#version: 0.2\n")
+        return CLIPTokenizer(vocab_file, merges_file, model_max_length=model_max_length)
+
+
+def tiny_image_processor(image_size: int = 32):
+    """CLIP's own preprocessing (resize, centre crop, normalise) at ``image_size`` pixels."""
+    import transformers
+
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    return cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+
+
+def save_tiny_clip(path: str | os.PathLike, seed: int = 0, **config_kwargs: Any) -> Path:
+    """Save a tiny CLIP with tokenizer and image processor so ``from_pretrained(path)`` loads it.
+
+    This is the offline stand-in for a hub checkpoint: the demo, the examples and the tests
+    load it back exactly as a user loads ``openai/clip-vit-base-patch16``.
+    """
+    path = Path(path)
+    model = tiny_clip(seed=seed, **config_kwargs)
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    tiny_image_processor(model.config.vision_config.image_size).save_pretrained(path)
+    return path

@@ -1,0 +1,24 @@
+"""Feature aggregation: each class text embedding reads from the local cache (SPEC §4).
+
+Legend: C classes, M cache slots, d embedding width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def aggregate(text_emb: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """``E_bar_i = sum_j softmax_j(cos(E_i, A_j)) A_j`` with no temperature.
+
+    Args:
+        text_emb: (C, d) class text embeddings.
+        cache: (M, d) cache slots (unit rows, so cos is a dot with the normalised text).
+
+    Returns:
+        (C, d) aggregated attributes, in the cache's span.
+    """
+    cache = cache.to(text_emb.dtype)
+    weights = torch.softmax(F.normalize(text_emb, dim=-1) @ F.normalize(cache, dim=-1).T, dim=-1)  # (C, M)
+    return weights @ cache  # (C, d)

@@ -1,0 +1,72 @@
+"""The local cache: M unit vectors of visual attributes, written by momentum (SPEC §3).
+
+Legend: T tokens (all images' tokens flattened), M slots, d embedding width.
+
+The write is fully vectorised: one (T, M) score matmul, one argmax, one scatter-add.
+Step 4 of the rule, ``softmax_t(s[:, j])_t / max_t' softmax_t'(s[:, j])``, equals
+``exp(s[t, j] - max_t' s[t', j])`` exactly: the softmax's normaliser cancels. That form
+needs only a per-slot maximum over tokens, which is also what makes the write reduce
+cleanly across data-parallel ranks (a MAX then two SUMs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def init_cache(
+    cache_size: int,
+    embed_dim: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The reference initialisation: rows of ``U[0, 1)`` noise, L2-normalised. Returns (M, d) float32."""
+    noise = torch.rand(cache_size, embed_dim, generator=generator, dtype=torch.float32)
+    return F.normalize(noise, dim=-1).to(device)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@torch.no_grad()
+def cache_write(
+    cache: torch.Tensor,
+    tokens: torch.Tensor,
+    momentum: float,
+    *,
+    sync: bool | None = None,
+) -> torch.Tensor:
+    """Return the cache after one momentum write of ``tokens`` (SPEC §3); ``cache`` is not modified.
+
+    Args:
+        cache: (M, d) current slots, unit rows.
+        tokens: (..., d) tokens already in the embedding space; every leading dim is flattened.
+        momentum: gamma, the share of a slot that survives the write.
+        sync: reduce across ``torch.distributed`` ranks so every rank gets the cache that one
+            process would compute on the joined batch. ``None`` does so whenever a process
+            group with more than one rank is initialised.
+
+    Returns:
+        (M, d) float32 tensor with unit rows.
+    """
+    sync = _distributed() if sync is None else sync
+    slots = cache.float()  # (M, d)
+    v = F.normalize(tokens.reshape(-1, tokens.shape[-1]).float(), dim=-1)  # (T, d) step 1
+    scores = v @ slots.T  # (T, M) step 2
+    best, slot = scores.max(dim=1)  # (T,), (T,) step 3: each token's slot and score there
+    col_max = scores.amax(dim=0) if scores.shape[0] else scores.new_full((slots.shape[0],), -torch.inf)  # (M,)
+    if sync:
+        dist.all_reduce(col_max, op=dist.ReduceOp.MAX)
+    weight = torch.exp(best - col_max[slot])  # (T,) step 4, max over ALL tokens of the slot
+    summed = torch.zeros_like(slots).index_add_(0, slot, weight[:, None] * v)  # (M, d)
+    hits = torch.bincount(slot, minlength=slots.shape[0]).to(slots.dtype)  # (M,)
+    if sync:
+        dist.all_reduce(summed)
+        dist.all_reduce(hits)
+    written = momentum * slots + (1.0 - momentum) * summed  # step 5
+    updated = torch.where(hits[:, None] > 0, written, slots)  # untouched slots keep their value
+    return F.normalize(updated, dim=-1)  # step 6

@@ -1,0 +1,328 @@
+"""TextRefiner: refine class text embeddings with a local cache of visual attributes.
+
+Legend: B images, N patches (N+1 tokens with CLS), C classes, M cache slots,
+d embedding width, t token width (``token_dim``; equals d except for PromptKD).
+
+One training step, in order (SPEC §2–§4):
+    aligned = align(local_tokens)                  # (B, N+1, d)
+    E_hat   = E + alpha * fuse([E, read(E, A)])    # read uses the cache *before* this step
+    A       = write(A, aligned)                    # momentum write, no gradient
+At inference ``E_hat`` depends only on E and the frozen cache, so :meth:`TextRefiner.bake`
+computes it once for all test images (SPEC §5).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from ._validation import check_tensor
+from .aggregation import aggregate
+from .alignment import FeatureAlignment
+from .cache import cache_write, init_cache
+from .config import TextRefinerConfig
+from .losses import regularization_loss, select_tokens, semantic_loss
+
+
+class RefinerLoss(NamedTuple):
+    """The refiner's weighted auxiliary loss and its parts (all scalars)."""
+
+    total: torch.Tensor  # semantic_weight * semantic + regularization_weight * regularization
+    semantic: torch.Tensor
+    regularization: torch.Tensor
+
+
+class TextRefiner(nn.Module):
+    """Local cache + feature aggregation + feature alignment, for any prompt learner.
+
+    Args:
+        embed_dim: d, the joint embedding width; or a :class:`TextRefinerConfig`.
+        token_dim: width of the local tokens (defaults to ``embed_dim``).
+        cache_size: M, number of cache slots.
+        alpha: weight of the fused aggregate in the refined embedding.
+        momentum: gamma of the cache write.
+        top_k: patches with the highest CLS attention kept by the semantic loss.
+        semantic_weight: lambda_1.
+        regularization_weight: lambda_2.
+        sync_batchnorm: use SyncBatchNorm in the alignment MLP (data-parallel training).
+        device: where parameters and cache live.
+        dtype: parameter dtype; the cache is always float32.
+        **config_kwargs: further :class:`TextRefinerConfig` fields.
+
+    Attributes:
+        cache: (M, d) float32 buffer with unit rows; state, never trained.
+        alignment: the two-layer alignment MLP (t -> d -> d).
+        fuse: ``Linear(2d, d, bias=False)``.
+        local_tokens: (B, N+1, t) tokens captured by :func:`textrefiner.attach`, or None.
+        cls_attention: (B, N) CLS-to-patch attention captured with them, or None.
+        aligned_tokens: (B, N+1, d) aligned tokens of the last training :meth:`refine`, or None.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int | TextRefinerConfig,
+        *,
+        token_dim: int | None = None,
+        cache_size: int = 25,
+        alpha: float = 0.2,
+        momentum: float = 0.8,
+        top_k: int = 5,
+        semantic_weight: float = 0.02,
+        regularization_weight: float = 20.0,
+        sync_batchnorm: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **config_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if isinstance(embed_dim, TextRefinerConfig):
+            config = embed_dim
+        else:
+            config = TextRefinerConfig(
+                embed_dim=embed_dim,
+                token_dim=token_dim,
+                cache_size=cache_size,
+                alpha=alpha,
+                momentum=momentum,
+                top_k=top_k,
+                semantic_weight=semantic_weight,
+                regularization_weight=regularization_weight,
+                **config_kwargs,
+            )
+        self.config = config
+        d = config.embed_dim
+        self.alignment = FeatureAlignment(config.token_dim, d, sync_batchnorm=sync_batchnorm, device=device, dtype=dtype)
+        self.fuse = nn.Linear(2 * d, d, bias=False, device=device, dtype=dtype)
+        self.register_buffer("cache", init_cache(config.cache_size, d, device=device))
+        self.local_tokens: torch.Tensor | None = None
+        self.cls_attention: torch.Tensor | None = None
+        self.aligned_tokens: torch.Tensor | None = None
+        self._capture: Any = None  # set by textrefiner.attach: an object with .remove()
+
+    @classmethod
+    def from_config(cls, config: TextRefinerConfig, **kwargs: Any) -> TextRefiner:
+        """Build a refiner from a :class:`TextRefinerConfig` (``device``/``dtype`` as keywords)."""
+        return cls(config, **kwargs)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def token_dim(self) -> int:
+        return self.config.token_dim  # type: ignore[return-value]
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"embed_dim={c.embed_dim}, token_dim={c.token_dim}, cache_size={c.cache_size}, alpha={c.alpha}, momentum={c.momentum}"
+
+    # The cache stays float32 whatever `.to(dtype)`, `.half()` or `.bfloat16()` does to the module.
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        cache = self._buffers.pop("cache")
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            device = fn(cache.new_empty(0)).device
+            self._buffers["cache"] = cache.to(device=device, dtype=torch.float32)
+        return self
+
+    # ------------------------------------------------------------------ checks
+    def _check_text(self, text_emb: torch.Tensor, name: str = "text_emb") -> torch.Tensor:
+        d = self.embed_dim
+        check_tensor(text_emb, name, shape=f"(C, {d})", ndim=2, width=d, device=self.cache.device)
+        return text_emb
+
+    def _check_tokens(self, tokens: torch.Tensor, width: int, name: str, ndim: int | None = None) -> torch.Tensor:
+        shape = f"(B, N+1, {width})" if ndim == 3 else f"(..., {width})"
+        return check_tensor(tokens, name, shape=shape, ndim=ndim, width=width, device=self.cache.device)
+
+    def _cast(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs take the parameters' dtype, except under autocast, which picks its own."""
+        return x if torch.is_autocast_enabled(x.device.type) else x.to(self.fuse.weight.dtype)
+
+    # ------------------------------------------------------------------ the method
+    def align(self, local_tokens: torch.Tensor) -> torch.Tensor:
+        """Feature alignment (SPEC §2): (..., token_dim) -> (..., embed_dim)."""
+        self._check_tokens(local_tokens, self.token_dim, "local_tokens")
+        return self.alignment(self._cast(local_tokens))
+
+    def aggregate(self, text_emb: torch.Tensor) -> torch.Tensor:
+        """Feature aggregation read (SPEC §4): (C, d) -> (C, d) ``E_bar``; never writes."""
+        self._check_text(text_emb)
+        return aggregate(text_emb, self.cache)
+
+    @torch.no_grad()
+    def update_cache(self, tokens: torch.Tensor) -> None:
+        """Momentum write of tokens already in the embedding space (SPEC §3), in place.
+
+        Args:
+            tokens: (..., d) tokens; all leading dims are flattened. Under ``torch.distributed``
+                every rank ends with the cache of the joined batch.
+
+        Raises:
+            TypeError, ValueError: bad tokens; the cache is then exactly as before.
+        """
+        self._check_tokens(tokens, self.embed_dim, "tokens")
+        with torch.autocast(tokens.device.type, enabled=False):
+            updated = cache_write(self.cache, tokens, self.config.momentum)
+        if not bool(torch.isfinite(updated).all()):
+            raise ValueError("the cache write produced NaN or Inf (tokens of zero norm?); cache left unchanged")
+        self.cache.copy_(updated)
+
+    def _refine(self, text_emb: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+        text = self._cast(text_emb)
+        read = aggregate(text, cache)  # (C, d)
+        return self.config.alpha * self.fuse(torch.cat([text, read], dim=-1)) + text
+
+    def refine(self, text_emb: torch.Tensor, local_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Refined class embeddings ``E_hat = alpha * fuse([E, E_bar]) + E`` (SPEC §4), un-normalised.
+
+        In training mode with ``local_tokens`` this is one full step: align the tokens, read the
+        cache as it was before the step, then write the aligned tokens into it (and keep them in
+        :attr:`aligned_tokens` for :meth:`loss`). In eval mode, or without tokens, it only reads.
+
+        Args:
+            text_emb: (C, d) class text embeddings (the reference CoOp variant passes them normalised).
+            local_tokens: (B, N+1, token_dim) local tokens, CLS first, e.g. ``refiner.local_tokens``.
+
+        Returns:
+            (C, d) refined class embeddings. Gradients reach ``text_emb``, ``fuse`` and, through
+            the semantic loss, the alignment MLP; never the cache.
+
+        Raises:
+            TypeError, ValueError: bad shapes, widths, dtypes, devices or non-finite values.
+        """
+        self._check_text(text_emb)
+        if not (self.training and local_tokens is not None):
+            self.aligned_tokens = None
+            return self._refine(text_emb, self.cache)
+        self._check_tokens(local_tokens, self.token_dim, "local_tokens", ndim=3)
+        aligned = self.align(local_tokens)  # (B, N+1, d)
+        refined = self._refine(text_emb, self.cache.clone())  # read before write; the clone keeps autograd valid
+        self.update_cache(aligned.detach())
+        self.aligned_tokens = aligned
+        return refined
+
+    @torch.no_grad()
+    def bake(self, text_emb: torch.Tensor) -> torch.Tensor:
+        """Refined class embeddings for inference, computed once (SPEC §5).
+
+        Reads the frozen cache and never writes, whatever the mode; reuse the result for every
+        test image, so the per-image cost is the host prompt learner's alone.
+        """
+        self._check_text(text_emb)
+        return self._refine(text_emb, self.cache)
+
+    # ------------------------------------------------------------------ losses
+    def semantic_loss(
+        self,
+        aligned_tokens: torch.Tensor,
+        text_emb: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        logit_scale: torch.Tensor | float,
+        cls_attention: torch.Tensor,
+    ) -> torch.Tensor:
+        """Local alignment loss on the CLS token, the top-k attended patches and the mean token.
+
+        Args:
+            aligned_tokens: (B, N+1, d) output of :meth:`align`.
+            text_emb: (C, d) the **unrefined** class text embeddings.
+            target: (B,) integer labels (cross-entropy) or (B, C) teacher logits (KL, PromptKD).
+            logit_scale: the model's (exponentiated) logit scale.
+            cls_attention: (B, N) CLS-to-patch attention.
+        """
+        d = self.embed_dim
+        check_tensor(aligned_tokens, "aligned_tokens", shape=f"(B, N+1, {d})", ndim=3, width=d, finite=False)
+        b, n1 = aligned_tokens.shape[:2]
+        check_tensor(cls_attention, "cls_attention", shape=f"({b}, {n1 - 1})", ndim=2, finite=False)
+        if tuple(cls_attention.shape) != (b, n1 - 1):
+            raise ValueError(f"expected `cls_attention` of shape ({b}, {n1 - 1}) to match the tokens, got {tuple(cls_attention.shape)}")
+        if not isinstance(target, torch.Tensor):
+            raise TypeError(f"expected `target` to be a tensor of labels (B,) or teacher logits (B, C), got {type(target).__name__}")
+        expected = (b,) if not target.is_floating_point() else (b, text_emb.shape[0])
+        if tuple(target.shape) != expected:
+            raise ValueError(f"expected `target` of shape {expected}, got {tuple(target.shape)}")
+        selected = select_tokens(aligned_tokens, cls_attention, self.config.top_k)  # (B, k+2, d)
+        return semantic_loss(
+            selected, text_emb.to(selected.dtype), target, logit_scale=logit_scale, temperature=self.config.kd_temperature
+        )
+
+    def regularization_loss(self, refined: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """``mean |norm(E_hat) - E|`` (SPEC §6)."""
+        if refined.shape != text_emb.shape:
+            raise ValueError(f"expected `refined` and `text_emb` of the same shape, got {tuple(refined.shape)} and {tuple(text_emb.shape)}")
+        return regularization_loss(refined, text_emb.to(refined.dtype))
+
+    def loss(
+        self,
+        refined: torch.Tensor,
+        text_emb: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        logit_scale: torch.Tensor | float,
+        cls_attention: torch.Tensor | None = None,
+        aligned_tokens: torch.Tensor | None = None,
+    ) -> RefinerLoss:
+        """The refiner's weighted auxiliary loss for one training step; add it to the host's loss.
+
+        Args:
+            refined: (C, d) output of :meth:`refine` this step.
+            text_emb: (C, d) the unrefined text embeddings passed to :meth:`refine`.
+            target: (B,) labels or (B, C) teacher logits.
+            logit_scale: the model's (exponentiated) logit scale.
+            cls_attention: (B, N); defaults to the captured :attr:`cls_attention`.
+            aligned_tokens: (B, N+1, d); defaults to those of the last training :meth:`refine`.
+
+        Returns:
+            ``RefinerLoss(total, semantic, regularization)`` with
+            ``total = semantic_weight * semantic + regularization_weight * regularization``.
+        """
+        aligned = self.aligned_tokens if aligned_tokens is None else aligned_tokens
+        attention = self.cls_attention if cls_attention is None else cls_attention
+        if aligned is None:
+            raise ValueError("no aligned tokens: call refine(text_emb, local_tokens) in training mode first, or pass aligned_tokens")
+        if attention is None:
+            raise ValueError("no CLS attention: pass cls_attention (B, N), or attach the refiner to a model with textrefiner.attach")
+        sem = self.semantic_loss(aligned, text_emb, target, logit_scale=logit_scale, cls_attention=attention)
+        reg = self.regularization_loss(refined, text_emb)
+        total = self.config.semantic_weight * sem + self.config.regularization_weight * reg
+        return RefinerLoss(total, sem, reg)
+
+    # ------------------------------------------------------------------ hooks
+    def detach(self) -> None:
+        """Remove every hook :func:`textrefiner.attach` added and drop the captured tensors."""
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
+        self.local_tokens = None
+        self.cls_attention = None
+
+    def __enter__(self) -> TextRefiner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``textrefiner_config.json`` and ``textrefiner.safetensors`` (cache included)."""
+        from ._io import save_refiner
+
+        return save_refiner(self, save_directory)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, *, device: torch.device | str | None = None, **hub_kwargs: Any
+    ) -> TextRefiner:
+        """Load a refiner saved by :meth:`save_pretrained`, from a folder or a Hub repository id.
+
+        Loading reads JSON and safetensors only; nothing is unpickled.
+        """
+        from ._io import load_refiner
+
+        return load_refiner(cls, name_or_path, device=device, **hub_kwargs)

@@ -1,0 +1,28 @@
+"""Shared fixtures: every test starts from the same seed, and tiny models are built offline."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from hypothesis import settings
+
+settings.register_profile("textrefiner", deadline=None, max_examples=40, derandomize=True)
+settings.load_profile("textrefiner")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A tiny random CLIP saved with tokenizer and image processor, loadable by path."""
+    from textrefiner._tiny import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
