@@ -207,6 +207,10 @@ class TextRefiner(nn.Module):
         self.aligned_tokens = aligned
         return refined
 
+    def forward(self, text_emb: torch.Tensor, local_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Same as :meth:`refine`, so ``DDP(refiner)`` and ``accelerator.prepare(refiner)`` work."""
+        return self.refine(text_emb, local_tokens)
+
     @torch.no_grad()
     def bake(self, text_emb: torch.Tensor) -> torch.Tensor:
         """Refined class embeddings for inference, computed once (SPEC §5).
