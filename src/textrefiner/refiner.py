@@ -201,6 +201,8 @@ class TextRefiner(nn.Module):
             self.aligned_tokens = None
             return self._refine(text_emb, self.cache)
         self._check_tokens(local_tokens, self.token_dim, "local_tokens", ndim=3)
+        if local_tokens.is_inference():  # captured under torch.inference_mode(): autograd cannot save it
+            local_tokens = local_tokens.clone()
         aligned = self.align(local_tokens)  # (B, N+1, d)
         refined = self._refine(text_emb, self.cache.clone())  # read before write; the clone keeps autograd valid
         self.update_cache(aligned.detach())
@@ -305,6 +307,18 @@ class TextRefiner(nn.Module):
             self._capture = None
         self.local_tokens = None
         self.cls_attention = None
+
+    # Copies and pickles carry the weights and the cache, never the captured per-step tensors
+    # (they may hang on an autograd graph) nor the hooks (they belong to one model).
+    _TRANSIENT = ("local_tokens", "cls_attention", "aligned_tokens")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        for name in self._TRANSIENT:
+            state[name] = None
+        state["_capture"] = None
+        return state
 
     def __enter__(self) -> TextRefiner:
         return self
