@@ -1,0 +1,236 @@
+"""The ``textrefiner`` command: train, eval, table, datasets and demo.
+
+    textrefiner train --method coop --textrefiner --model openai/clip-vit-base-patch16 \\
+        --dataset eurosat --root ~/data --shots 16 --seed 1 --output-dir runs/coop_tr/eurosat/seed1
+    textrefiner eval --run-dir runs/coop_tr/eurosat/seed1
+    textrefiner table runs/coop_tr/eurosat/seed*
+    textrefiner demo            # everything offline: a tiny random CLIP and generated images
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+SMOKE_BANNER = (
+    "SMOKE RUN OF THE PIPELINE, NOT A RESULT: a tiny CLIP with random weights on generated images.\n"
+    "It exercises the real data, training, checkpoint and evaluation code; its accuracies mean nothing."
+)
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    from .engine import PRECISIONS
+    from .methods import METHODS
+
+    p.add_argument("--method", default="coop", choices=sorted(METHODS), help="prompt learner")
+    p.add_argument("--textrefiner", action=argparse.BooleanOptionalAction, default=True, help="add TextRefiner (default: on)")
+    p.add_argument("--model", default="openai/clip-vit-base-patch16", help="Hub id or local folder of a CLIP-family model")
+    p.add_argument("--dataset", required=True, help="dataset name (see `textrefiner datasets`) or imagefolder")
+    p.add_argument("--root", required=True, help="data folder in the CoOp layout")
+    p.add_argument("--shots", type=int, default=16, help="training images per class")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--subsample", default="base", choices=["base", "novel", "all"], help="classes to train on")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.002)
+    p.add_argument("--warmup-epochs", type=int, default=1)
+    p.add_argument("--warmup-lr", type=float, default=1e-5)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto picks CUDA when available)")
+    p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--eval-datasets", nargs="*", default=[], help="cross-dataset / domain-generalisation targets")
+    p.add_argument("--n-ctx", type=int, default=None, help="context tokens (default: from --ctx-init, else 4)")
+    p.add_argument("--ctx-init", default="a photo of a", help='context initialisation words; "" for random')
+    p.add_argument("--class-specific", action="store_true", help="CoOp: one context per class (CSC)")
+    p.add_argument("--teacher", default=None, help="PromptKD: teacher model id or folder")
+    p.add_argument("--cache-size", type=int, default=None, help="TextRefiner cache slots (default 25)")
+    p.add_argument("--alpha", type=float, default=None, help="TextRefiner fuse weight (default 0.2)")
+    p.add_argument("--semantic-weight", type=float, default=None, help="lambda_1 (default 0.02)")
+    p.add_argument("--regularization-weight", type=float, default=None, help="lambda_2 (default 20)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+
+
+def _run_config(args: argparse.Namespace):
+    from .engine import RunConfig
+
+    method_options: dict[str, Any] = {"ctx_init": args.ctx_init or None}
+    if args.n_ctx is not None:
+        method_options["n_ctx"] = args.n_ctx
+    if args.class_specific:
+        method_options["class_specific"] = True
+    refiner = {
+        k: getattr(args, k)
+        for k in ("cache_size", "alpha", "semantic_weight", "regularization_weight")
+        if getattr(args, k) is not None
+    }
+    return RunConfig(
+        dataset=args.dataset, root=args.root, output_dir=args.output_dir, model=args.model, method=args.method,
+        textrefiner=args.textrefiner, shots=args.shots, seed=args.seed, subsample=args.subsample, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
+        precision=args.precision, device=args.device, num_workers=args.num_workers, eval_datasets=args.eval_datasets,
+        method_options=method_options, refiner_options=refiner, teacher=args.teacher, progress=not args.no_progress,
+    )
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    print(results_table([results]))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine import train
+
+    cfg = _run_config(args)
+    results = train(cfg, resume=args.resume)
+    if results:
+        _print_results(results)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .engine import RESULTS, RunConfig, evaluate_run
+
+    cfg = RunConfig.load(args.run_dir)
+    overrides = {k: v for k, v in {"root": args.root, "device": args.device, "output_dir": args.run_dir}.items() if v is not None}
+    if args.eval_datasets is not None:
+        overrides["eval_datasets"] = args.eval_datasets
+    cfg = dataclasses.replace(cfg, **overrides, progress=not args.no_progress)
+    results = evaluate_run(cfg)
+    (Path(args.run_dir) / RESULTS).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    _print_results(results)
+    return 0
+
+
+# ---------------------------------------------------------------- tables
+def _label(r: dict[str, Any]) -> str:
+    return f"{r['method']}{' + TextRefiner' if r.get('textrefiner') else ''}"
+
+
+def aggregate_results(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Average results over seeds: one row per (method, TextRefiner, dataset, protocol)."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        groups[(r["method"], bool(r.get("textrefiner")), r["dataset"], r.get("protocol", "base2novel"))].append(r)
+    rows = []
+    skip = {"method", "textrefiner", "dataset", "protocol", "seed", "shots"}
+    for (method, tr, dataset, protocol), runs in groups.items():
+        metrics = sorted({k for r in runs for k, v in r.items() if k not in skip and isinstance(v, (int, float))})
+        row = {"method": method, "textrefiner": tr, "dataset": dataset, "protocol": protocol, "seeds": sorted(r["seed"] for r in runs)}
+        for m in metrics:
+            values = [r[m] for r in runs if m in r]
+            row[m] = sum(values) / len(values)
+        if protocol == "base2novel":
+            from .engine import harmonic_mean
+
+            row["hm"] = harmonic_mean(row["base"], row["novel"])  # HM of the averages, as papers report
+        rows.append(row)
+    return rows
+
+
+def results_table(results: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of results averaged over seeds."""
+    rows = aggregate_results(results)
+    lines = []
+    for protocol in sorted({r["protocol"] for r in rows}):
+        part = [r for r in rows if r["protocol"] == protocol]
+        metrics = ["base", "novel", "hm"] if protocol == "base2novel" else sorted(
+            {k for r in part for k in r if k not in {"method", "textrefiner", "dataset", "protocol", "seeds"}}
+        )
+        lines.append("| method | dataset | seeds | " + " | ".join(metrics) + " |")
+        lines.append("|---|---|---|" + "---|" * len(metrics))
+        for r in part:
+            cells = [f"{r[m]:.2f}" if m in r else "" for m in metrics]
+            lines.append(f"| {_label(r)} | {r['dataset']} | {','.join(map(str, r['seeds']))} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from .engine import RESULTS
+
+    results = []
+    for run in args.runs:
+        path = Path(run) / RESULTS if Path(run).is_dir() else Path(run)
+        if not path.is_file():
+            raise FileNotFoundError(f"no {RESULTS} in {run}; has the run finished (or run `textrefiner eval`)?")
+        results.append(json.loads(path.read_text()))
+    table = results_table(results)
+    print(table, end="")
+    if args.output:
+        out = Path(args.output)
+        out.with_suffix(".md").write_text(table)
+        out.with_suffix(".json").write_text(json.dumps(aggregate_results(results), indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from .data import DATASETS
+
+    for name, info in sorted(DATASETS.items()):
+        print(f"{name:22s} {info}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(work_dir=args.work_dir, epochs=args.epochs, methods=args.methods)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
+    parser = argparse.ArgumentParser(prog="textrefiner", description="TextRefiner prompt learning on Hugging Face CLIP models.")
+    parser.add_argument("--version", action="version", version=f"textrefiner {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("train", help="train a prompt learner (with or without TextRefiner) and evaluate it")
+    _add_run_arguments(p)
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a finished (or interrupted) run")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--root", default=None, help="data folder, if it moved since training")
+    p.add_argument("--device", default=None)
+    p.add_argument("--eval-datasets", nargs="*", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("table", help="average results.json files over seeds into a Markdown + JSON table")
+    p.add_argument("runs", nargs="+", help="run folders or results.json files")
+    p.add_argument("--output", default=None, help="write OUTPUT.md and OUTPUT.json")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("datasets", help="list the known datasets and their folder layout")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("demo", help="offline smoke run: tiny random CLIP, generated images, CoOp with and without TextRefiner")
+    p.add_argument("--work-dir", default=None, help="keep the generated model, data and runs here")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--methods", nargs="+", default=["coop"], help="methods to run (with and without TextRefiner)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["demo", *(argv or [])])
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        print(f"textrefiner {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

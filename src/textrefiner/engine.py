@@ -1,0 +1,359 @@
+"""The training engine behind ``textrefiner train`` / ``eval``: the spec §7 recipe.
+
+SGD (momentum 0.9, weight decay 5e-4), a cosine schedule over the epochs after one
+constant warm-up epoch at 1e-5 (stepped per epoch, as Dassl does), few-shot data, base
+classes for training and base + novel for evaluation. Runs on CPU or CUDA, in fp32 or
+under bf16/fp16 autocast (fp16 with a GradScaler), in one process or under
+``torchrun`` / ``accelerate launch`` (DDP; rank 0 writes), and resumes bit-exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from . import _checkpoint as ckpt
+from .methods import METHODS, build_method
+from .methods._base import Method
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+RUN_CONFIG = "run_config.json"
+WEIGHTS = "method.safetensors"
+RESULTS = "results.json"
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved as ``run_config.json`` next to its outputs."""
+
+    dataset: str  # a known dataset name (see `textrefiner datasets`) or "imagefolder"
+    root: str  # folder holding the dataset in the CoOp layout
+    output_dir: str  # where weights, logs and checkpoints go
+    model: str = "openai/clip-vit-base-patch16"  # Hub id or local folder with a CLIP-family model
+    method: str = "coop"  # prompt learner: one of METHODS
+    textrefiner: bool = True  # add TextRefiner to the prompt learner
+    shots: int = 16  # training images per class (0 or less: all)
+    seed: int = 1  # seeds few-shot sampling, initialisation and data order
+    subsample: str = "base"  # classes to train on: base, novel or all
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1  # constant warm-up epochs at warmup_lr before the cosine schedule
+    warmup_lr: float = 1e-5
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast)
+    device: str = "auto"  # auto picks CUDA when available
+    num_workers: int = 2
+    eval_batch_size: int = 100
+    eval_datasets: list[str] = field(default_factory=list)  # cross-dataset / domain targets
+    method_options: dict[str, Any] = field(default_factory=dict)  # e.g. n_ctx, ctx_init
+    refiner_options: dict[str, Any] = field(default_factory=dict)  # TextRefiner hyper-parameters
+    teacher: str | None = None  # PromptKD: teacher model id or path
+    progress: bool = True  # tqdm progress bars
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of {sorted(METHODS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; expected one of {sorted(PRECISIONS)}")
+        if self.subsample not in ("base", "novel", "all"):
+            raise ValueError(f"`subsample` should be base, novel or all, got {self.subsample!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` should be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"`lr` should be positive, got {self.lr}")
+
+    def save(self, directory: Path) -> None:
+        (directory / RUN_CONFIG).write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> RunConfig:
+        path = Path(directory) / RUN_CONFIG
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} is not a textrefiner run folder: {RUN_CONFIG} is missing")
+        data = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# ---------------------------------------------------------------- set-up
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for CUDA, but torch.cuda.is_available() is False on this machine")
+    return device
+
+
+def load_pretrained(name_or_path: str) -> tuple[torch.nn.Module, Any, Any]:
+    """Model, tokenizer and image processor from a Hub id or a local folder, with a clear error."""
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    try:
+        model = AutoModel.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        processor = AutoImageProcessor.from_pretrained(name_or_path)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(
+            f"could not load a CLIP-family model from {name_or_path!r} (a Hub id or a folder with config.json, "
+            f"weights, tokenizer and preprocessor_config.json): {err}"
+        ) from err
+    return model, tokenizer, processor
+
+
+def lr_factor(epoch: int, cfg: RunConfig) -> float:
+    """Dassl's constant warm-up then cosine, per epoch, as a factor of ``cfg.lr``."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_lr / cfg.lr
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+class _Dist:
+    """The process group, when launched by torchrun or accelerate (env RANK / WORLD_SIZE)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.enabled = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.rank = dist.get_rank() if self.enabled else 0
+        self.world = dist.get_world_size() if self.enabled else 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+# ---------------------------------------------------------------- loops
+def _loader(dataset, cfg: RunConfig, *, train: bool, epoch: int = 0, ddp: _Dist | None = None) -> DataLoader:
+    """Training batches in an order fixed by (seed, epoch), so a resumed run sees the same data."""
+    sampler = None
+    world = ddp.world if ddp is not None else 1
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    if ddp is not None and ddp.enabled:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(dataset, num_replicas=ddp.world, rank=ddp.rank, shuffle=train, seed=cfg.seed, drop_last=train)
+        sampler.set_epoch(epoch)
+    batch = cfg.batch_size if train else cfg.eval_batch_size
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        generator=generator,
+        num_workers=cfg.num_workers,
+        drop_last=train and len(dataset) >= batch * world,
+        pin_memory=False,
+        persistent_workers=False,
+    )
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def evaluate(method: Method, dataset, classnames: list[str], cfg: RunConfig, device: torch.device, desc: str = "eval") -> float:
+    """Top-1 accuracy (%) of ``method`` on ``dataset`` over ``classnames``, class embeddings baked once."""
+    method.eval()
+    with _autocast(device, cfg.precision):
+        method.prepare_eval(classnames)
+    correct = total = 0
+    loader = _loader(dataset, cfg, train=False)
+    for pixel_values, labels in tqdm(loader, desc=desc, disable=not cfg.progress, leave=False):
+        with _autocast(device, cfg.precision):
+            logits = method.eval_logits(pixel_values.to(device))
+        correct += (logits.argmax(-1).cpu() == labels).sum().item()
+        total += labels.numel()
+    return 100.0 * correct / max(total, 1)
+
+
+def _build(cfg: RunConfig, device: torch.device, classnames: list[str]) -> tuple[Method, Any]:
+    model, tokenizer, processor = load_pretrained(cfg.model)
+    model.to(device)
+    seed_everything(cfg.seed)  # the learner's initialisation depends on the seed alone
+    options = dict(cfg.method_options)
+    if cfg.teacher is not None:
+        options["teacher"] = cfg.teacher
+    method = build_method(
+        cfg.method, model, tokenizer, classnames, textrefiner=(cfg.refiner_options or True) if cfg.textrefiner else False, **options
+    )
+    return method.to(device), processor
+
+
+def _epoch(method, ddp_method, loader, optimizer, scaler, cfg: RunConfig, device: torch.device, epoch: int, ddp: _Dist) -> dict[str, float]:
+    method.train()
+    sums: dict[str, float] = {}
+    correct = seen = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and ddp.main), leave=False)
+    for pixel_values, labels in bar:
+        pixel_values, labels = pixel_values.to(device), labels.to(device)
+        with _autocast(device, cfg.precision):
+            out = ddp_method(pixel_values, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(out.loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        n = labels.shape[0]
+        seen += n
+        for key, value in {"loss": out.loss.item(), **out.parts}.items():
+            sums[key] = sums.get(key, 0.0) + value * n
+        if labels.min() >= 0:  # unlabelled batches (PromptKD) carry -1
+            correct += (out.logits.argmax(-1) == labels).sum().item()
+        bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", acc=f"{100.0 * correct / seen:.1f}")
+    record = {k: v / max(seen, 1) for k, v in sums.items()}
+    record["train_acc"] = 100.0 * correct / max(seen, 1)
+    return record
+
+
+def _weights(method: Method) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in method.state_dict().items()}
+
+
+def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg.method`` (with or without TextRefiner) and evaluate it; returns the results.
+
+    Writes into ``cfg.output_dir``: ``run_config.json``, ``log.json`` (one record per epoch),
+    ``checkpoint/`` (resumable, rewritten atomically each epoch), ``method.safetensors`` (the
+    learned prompts and refiner), ``refiner/`` (``TextRefiner.from_pretrained``-loadable) and
+    ``results.json``.
+    """
+    from .data import ImageDataset, load_dataset, transforms_from_processor
+
+    out = Path(cfg.output_dir)
+    device = resolve_device(cfg.device)
+    ddp = _Dist(device)
+    if ddp.enabled and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    data = load_dataset(cfg.dataset, cfg.root, shots=cfg.shots, seed=cfg.seed, subsample=cfg.subsample)
+    method, processor = _build(cfg, device, data.classnames)
+    train_set = ImageDataset(data.train, transforms_from_processor(processor, train=True), seed=cfg.seed)
+    params = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    ddp_method: Any = method
+    if ddp.enabled:
+        ddp_method = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
+
+    start, log = 0, []
+    if resume:
+        start, log = _resume(out, cfg, method, optimizer, scheduler, scaler)
+    elif ddp.main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out)
+    ddp.barrier()
+
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        train_set.set_epoch(epoch)  # augmentations drawn from (seed, epoch, index): exact on resume
+        loader = _loader(train_set, cfg, train=True, epoch=epoch, ddp=ddp)
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        record |= _epoch(method, ddp_method, loader, optimizer, scaler, cfg, device, epoch, ddp)
+        scheduler.step()
+        record["seconds"] = time.perf_counter() - t0
+        log.append(record)
+        if ddp.main:
+            print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in record.items()}), flush=True)
+            ckpt.save_checkpoint(
+                out / "checkpoint", weights=_weights(method), optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                epoch=epoch + 1, extra={"log": log, "method": cfg.method, "model": cfg.model},
+            )
+            (out / "log.json").write_text(json.dumps(log, indent=2) + "\n")
+        ddp.barrier()
+
+    results: dict[str, Any] = {}
+    if ddp.main:
+        from ._io import atomic_save_file
+
+        atomic_save_file(_weights(method), out / WEIGHTS, metadata={"method": cfg.method})
+        if method.refiner is not None:
+            method.refiner.save_pretrained(out / "refiner")
+        results = evaluate_run(cfg, method=method, device=device)
+        (out / RESULTS).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    ddp.barrier()
+    method.detach()
+    return results
+
+
+def _resume(out: Path, cfg: RunConfig, method, optimizer, scheduler, scaler) -> tuple[int, list]:
+    saved = RunConfig.load(out)
+    for key in ("method", "model", "dataset", "textrefiner", "seed", "shots", "subsample"):
+        if getattr(saved, key) != getattr(cfg, key):
+            raise ValueError(f"cannot resume {out}: it was run with {key}={getattr(saved, key)!r}, now {getattr(cfg, key)!r}")
+    tensors, meta = ckpt.read_checkpoint(out / "checkpoint")
+    from ._io import load_state
+
+    load_state(method, ckpt.weights_of(tensors), source=str(out / "checkpoint"))
+    ckpt.restore_training_state(tensors, meta, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    return int(meta["epoch"]), list(meta.get("log", []))
+
+
+def harmonic_mean(base: float, novel: float) -> float:
+    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+
+
+def evaluate_run(cfg: RunConfig, *, method: Method | None = None, device: torch.device | None = None) -> dict[str, Any]:
+    """Accuracy on the test split(s) the protocol asks for.
+
+    Trained on base classes: base and novel accuracy and their harmonic mean (SPEC §7).
+    Trained on all classes: accuracy on the dataset's test split and on each ``eval_datasets``.
+    """
+    from .data import ImageDataset, load_dataset, transforms_from_processor
+
+    device = device or resolve_device(cfg.device)
+    processor = None
+    if method is None:
+        data = load_dataset(cfg.dataset, cfg.root, shots=cfg.shots, seed=cfg.seed, subsample=cfg.subsample)
+        method, processor = _build(cfg, device, data.classnames)
+        tensors = ckpt.read_checkpoint(Path(cfg.output_dir) / "checkpoint")[0] if not (Path(cfg.output_dir) / WEIGHTS).is_file() else None
+        from ._io import load_state
+        from safetensors.torch import load_file
+
+        weights = ckpt.weights_of(tensors) if tensors is not None else load_file(str(Path(cfg.output_dir) / WEIGHTS))
+        load_state(method, {k: v.to(device) for k, v in weights.items()}, source=cfg.output_dir)
+    if processor is None:
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(cfg.model)
+    transform = transforms_from_processor(processor, train=False)
+
+    def accuracy(name: str, subsample: str) -> float:
+        split = load_dataset(name, cfg.root, shots=0, seed=cfg.seed, subsample=subsample)
+        return evaluate(method, ImageDataset(split.test, transform), split.classnames, cfg, device, desc=f"{name}/{subsample}")
+
+    results: dict[str, Any] = {"method": cfg.method, "textrefiner": cfg.textrefiner, "dataset": cfg.dataset, "seed": cfg.seed, "shots": cfg.shots}
+    if cfg.subsample == "base":
+        base, novel = accuracy(cfg.dataset, "base"), accuracy(cfg.dataset, "novel")
+        results |= {"protocol": "base2novel", "base": base, "novel": novel, "hm": harmonic_mean(base, novel)}
+    else:
+        results |= {"protocol": "cross", cfg.dataset: accuracy(cfg.dataset, cfg.subsample)}
+        for target in cfg.eval_datasets:
+            results[target] = accuracy(target, "all")
+    return results

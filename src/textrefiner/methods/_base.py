@@ -1,0 +1,99 @@
+"""What every method shares: a frozen CLIP-family model, an optional TextRefiner, one step.
+
+Legend: B images, C classes, d joint embedding width.
+
+A *method* is a prompt learner plus, optionally, TextRefiner, packaged for the training
+engine and for custom loops alike:
+    out = method.training_step(pixel_values, labels)   # out.loss, out.logits, out.parts
+    method.prepare_eval(classnames)                    # class embeddings computed once
+    logits = method.eval_logits(pixel_values)          # (B, C)
+Only the prompt learner and the refiner are trained; the CLIP weights stay frozen and
+stay out of the method's ``state_dict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..refiner import TextRefiner
+
+
+@dataclass
+class StepOutput:
+    """One training step's result."""
+
+    loss: torch.Tensor  # scalar to back-propagate
+    logits: torch.Tensor  # (B, C) classification logits
+    parts: dict[str, float] = field(default_factory=dict)  # named loss terms, detached, for logs
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Freeze every weight of the host model and put it in eval mode (no dropout, fixed norms)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def image_features(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, d) image features, the model's own projection included."""
+    out = model.get_image_features(pixel_values=pixel_values)
+    return out.pooler_output if hasattr(out, "pooler_output") else out
+
+
+def logit_scale(model: nn.Module) -> torch.Tensor:
+    """The model's exponentiated logit scale (SigLIP's bias shifts every class alike: CE ignores it)."""
+    return model.logit_scale.exp()
+
+
+def cosine_logits(scale: torch.Tensor, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """``scale * norm(images) @ classes.T``: (B, d), (C, d) -> (B, C); ``classes`` used as given."""
+    return scale * F.normalize(images, dim=-1) @ classes.T.to(images.dtype)
+
+
+class Method(nn.Module):
+    """Base of the packaged methods: holds the frozen model by reference, not as a submodule."""
+
+    refiner: TextRefiner | None
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self._model = [freeze(model)]  # a list keeps CLIP out of parameters() and state_dict()
+        self.refiner = None
+        self._classifier: torch.Tensor | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model[0]
+
+    def train(self, mode: bool = True) -> Method:
+        super().train(mode)
+        self.model.eval()  # the frozen host always runs in eval mode
+        self._classifier = None
+        return self
+
+    def detach(self) -> None:
+        """Remove the refiner's hooks from the host model."""
+        if self.refiner is not None:
+            self.refiner.detach()
+
+    def training_step(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        raise NotImplementedError
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        """One training step; calling the module (not ``training_step``) lets DDP sync gradients."""
+        return self.training_step(pixel_values, labels)
+
+    def prepare_eval(self, classnames: list[str] | None = None) -> None:
+        raise NotImplementedError
+
+    def eval_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-able settings needed to rebuild this method from a checkpoint."""
+        return {}
