@@ -26,3 +26,13 @@ def tiny_clip_dir(tmp_path_factory):
     from textrefiner._tiny import save_tiny_clip
 
     return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def fake_data_root(tmp_path_factory):
+    """A small generated dataset in CoOp's EuroSAT layout (6 classes: 3 base, 3 novel)."""
+    from textrefiner.data import make_fake_dataset
+
+    root = tmp_path_factory.mktemp("data")
+    make_fake_dataset(root, "eurosat", num_classes=6, images_per_class=12, image_size=36, seed=0)
+    return root

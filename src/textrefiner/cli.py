@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="offline smoke run: tiny random CLIP, generated images, CoOp with and without TextRefiner")
     p.add_argument("--work-dir", default=None, help="keep the generated model, data and runs here")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--methods", nargs="+", default=["coop"], help="methods to run (with and without TextRefiner)")
     p.set_defaults(func=cmd_demo)
     return parser

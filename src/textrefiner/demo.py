@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Sequence
 
 
-def run_demo(work_dir: str | None = None, *, epochs: int = 2, methods: Sequence[str] = ("coop",), seed: int = 1) -> list[dict]:
+def run_demo(
+    work_dir: str | None = None,
+    *,
+    epochs: int = 4,
+    methods: Sequence[str] = ("coop",),
+    seed: int = 1,
+    shots: int = 8,
+    lr: float = 0.002,
+    batch_size: int = 8,
+) -> list[dict]:
     """Run the offline smoke pipeline and return each run's results."""
     from ._tiny import save_tiny_clip
     from .cli import SMOKE_BANNER, results_table
@@ -25,7 +34,7 @@ def run_demo(work_dir: str | None = None, *, epochs: int = 2, methods: Sequence[
         print(SMOKE_BANNER, flush=True)
         model = save_tiny_clip(work / "tiny-clip", seed=0)
         data = work / "data"
-        make_fake_dataset(data, name="eurosat", num_classes=6, images_per_class=12, image_size=40, seed=0)
+        make_fake_dataset(data, name="eurosat", num_classes=6, images_per_class=24, image_size=40, seed=0)
         results = []
         for method in methods:
             for refine in (False, True):
@@ -33,7 +42,7 @@ def run_demo(work_dir: str | None = None, *, epochs: int = 2, methods: Sequence[
                 print(f"\n== {name}: train on base classes, evaluate on base and novel", flush=True)
                 cfg = RunConfig(
                     dataset="eurosat", root=str(data), output_dir=str(work / "runs" / name / f"seed{seed}"), model=str(model),
-                    method=method, textrefiner=refine, shots=4, seed=seed, epochs=epochs, batch_size=8, lr=0.002,
+                    method=method, textrefiner=refine, shots=shots, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
                     num_workers=0, progress=False,
                 )
                 results.append(train(cfg))

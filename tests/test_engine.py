@@ -1,0 +1,196 @@
+"""The training engine and the `textrefiner` command, end to end on a tiny model and generated data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from textrefiner import TextRefiner
+from textrefiner import engine
+from textrefiner.cli import main, results_table
+from textrefiner.engine import RunConfig, lr_factor
+
+
+def _cfg(tiny_clip_dir, fake_data_root, out, **kw) -> RunConfig:
+    base = dict(
+        dataset="eurosat", root=str(fake_data_root), output_dir=str(out), model=str(tiny_clip_dir), shots=4,
+        epochs=2, batch_size=4, num_workers=0, progress=False, lr=0.01,
+    )
+    return RunConfig(**(base | kw))
+
+
+def _args(tiny_clip_dir, fake_data_root, out, *extra: str) -> list[str]:
+    return [
+        "train", "--model", str(tiny_clip_dir), "--dataset", "eurosat", "--root", str(fake_data_root), "--output-dir", str(out),
+        "--shots", "4", "--epochs", "2", "--batch-size", "4", "--num-workers", "0", "--no-progress", *extra,
+    ]
+
+
+def test_schedule_is_constant_warmup_then_cosine():
+    cfg = RunConfig(dataset="x", root="r", output_dir="o", epochs=10, lr=0.002, warmup_epochs=1, warmup_lr=1e-5)
+    lrs = [0.002 * lr_factor(e, cfg) for e in range(10)]
+    assert lrs[0] == pytest.approx(1e-5)
+    for e in range(1, 10):  # Dassl: the cosine successor steps from epoch 1 of 10
+        assert lrs[e] == pytest.approx(0.001 * (1 + math.cos(math.pi * e / 10)))
+
+
+def test_command_trains_evaluates_and_tabulates(tiny_clip_dir, fake_data_root, tmp_path, capsys):
+    runs = []
+    for flag in ("--no-textrefiner", "--textrefiner"):
+        for seed in ("1", "2"):
+            out = tmp_path / f"run{flag}{seed}"
+            assert main(_args(tiny_clip_dir, fake_data_root, out, flag, "--seed", seed)) == 0
+            runs.append(out)
+    printed = capsys.readouterr().out
+    assert "| method | dataset | seeds | base | novel | hm |" in printed
+    out = runs[-1]
+    for name in ("run_config.json", "log.json", "results.json", "method.safetensors", "checkpoint", "refiner"):
+        assert (out / name).exists(), name
+    log = json.loads((out / "log.json").read_text())
+    assert [r["epoch"] for r in log] == [1, 2] and {"cls", "semantic", "regularization"} <= set(log[0])
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"] == "base2novel"
+    assert results["hm"] == pytest.approx(2 * results["base"] * results["novel"] / (results["base"] + results["novel"]))
+    # the refiner folder loads on its own and matches the method's weights
+    refiner = TextRefiner.from_pretrained(out / "refiner")
+    weights = load_file(str(out / "method.safetensors"))
+    assert torch.equal(refiner.cache, weights["refiner.cache"])
+    assert not any(k.startswith(("model.", "_model")) for k in weights)  # CLIP stays out of the checkpoint
+    assert "refiner.cache" not in load_file(str(runs[0] / "method.safetensors"))  # --no-textrefiner has no refiner
+
+    # eval reproduces the training-time results; table averages over seeds
+    assert main(["eval", "--run-dir", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "results.json").read_text()) == results
+    table_base = tmp_path / "table"
+    assert main(["table", *map(str, runs), "--output", str(table_base)]) == 0
+    rows = json.loads(table_base.with_suffix(".json").read_text())
+    assert len(rows) == 2 and all(r["seeds"] == [1, 2] for r in rows)
+    assert "coop + TextRefiner" in table_base.with_suffix(".md").read_text()
+
+
+def test_results_table_averages_seeds_and_takes_hm_of_averages():
+    rs = [
+        {"method": "coop", "textrefiner": True, "dataset": "d", "protocol": "base2novel", "seed": s, "base": b, "novel": n}
+        for s, b, n in [(1, 80.0, 60.0), (2, 90.0, 70.0)]
+    ]
+    table = results_table(rs)
+    assert "| coop + TextRefiner | d | 1,2 | 85.00 | 65.00 | 73.67 |" in table
+
+
+def test_evaluation_bakes_once_and_never_refines_per_batch(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
+    cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / "run", epochs=1)
+    calls = {"refine": 0, "bake": 0}
+    original_refine, original_bake = TextRefiner.refine, TextRefiner.bake
+
+    def counting_refine(self, *a, **k):
+        calls["refine"] += 1
+        return original_refine(self, *a, **k)
+
+    def counting_bake(self, *a, **k):
+        calls["bake"] += 1
+        return original_bake(self, *a, **k)
+
+    engine.train(cfg)
+    monkeypatch.setattr(TextRefiner, "refine", counting_refine)
+    monkeypatch.setattr(TextRefiner, "bake", counting_bake)
+    engine.evaluate_run(cfg)
+    assert calls == {"refine": 0, "bake": 2}  # once for base, once for novel; none per test batch
+
+
+def test_resume_is_bit_identical(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
+    full = _cfg(tiny_clip_dir, fake_data_root, tmp_path / "full", epochs=3)
+    engine.train(full)
+
+    class Stop(Exception):
+        pass
+
+    original = engine.ckpt.save_checkpoint
+    saves = []
+
+    def stop_after_first_epoch(*a, **k):
+        out = original(*a, **k)
+        saves.append(k["epoch"])
+        raise Stop  # the run dies right after epoch 1's checkpoint
+
+    cut = _cfg(tiny_clip_dir, fake_data_root, tmp_path / "cut", epochs=3)
+    monkeypatch.setattr(engine.ckpt, "save_checkpoint", stop_after_first_epoch)
+    with pytest.raises(Stop):
+        engine.train(cut)
+    monkeypatch.setattr(engine.ckpt, "save_checkpoint", original)
+    assert saves == [1]
+    torch.manual_seed(1234)  # a different global RNG state must not matter: it is restored
+    engine.train(cut, resume=True)
+    a = load_file(str(tmp_path / "full" / "method.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "method.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log_a = json.loads((tmp_path / "full" / "log.json").read_text())
+    log_b = json.loads((tmp_path / "cut" / "log.json").read_text())
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
+    cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / "run", epochs=2)
+    import textrefiner._checkpoint as ck
+
+    original = ck.save_file
+    count = {"n": 0}
+
+    def dies_on_second_save(tensors, path, *a, **k):
+        count["n"] += 1
+        if count["n"] == 2:
+            with open(path, "wb") as f:
+                f.write(b"half a file")
+            raise KeyboardInterrupt  # killed while writing epoch 2's checkpoint
+        return original(tensors, path, *a, **k)
+
+    monkeypatch.setattr(ck, "save_file", dies_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg)
+    tensors, meta = ck.read_checkpoint(tmp_path / "run" / "checkpoint")
+    assert meta["epoch"] == 1 and tensors  # epoch 1's checkpoint, whole
+    monkeypatch.setattr(ck, "save_file", original)
+    engine.train(cfg, resume=True)  # and the run resumes from it
+    assert json.loads((tmp_path / "run" / "log.json").read_text())[-1]["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--dataset", "nosuchset"], "unknown dataset"),
+        (["--model", "/nonexistent/model"], "could not load a CLIP-family model from '/nonexistent/model'"),
+        (["--shots", "500"], "fewer than shots=500"),
+    ],
+)
+def test_command_errors_are_clear(tiny_clip_dir, fake_data_root, tmp_path, capsys, extra, message):
+    assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "run") + extra) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_asking_for_cuda_without_it(tiny_clip_dir, fake_data_root, tmp_path, capsys):
+    assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "run", "--device", "cuda")) == 2
+    assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_different_run(tiny_clip_dir, fake_data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(tiny_clip_dir, fake_data_root, out, "--epochs", "1")) == 0
+    assert main(_args(tiny_clip_dir, fake_data_root, out, "--seed", "7", "--resume")) == 2
+    assert "it was run with seed=1, now 7" in capsys.readouterr().err
+
+
+def test_missing_image_is_named(tiny_clip_dir, fake_data_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(fake_data_root, root)
+    victim = next((root / "eurosat" / "2750").rglob("*.*"))
+    victim.unlink()
+    assert main(_args(tiny_clip_dir, root, tmp_path / "run")) == 2
+    assert victim.name in capsys.readouterr().err
