@@ -10,6 +10,7 @@ under bf16/fp16 autocast (fp16 with a GradScaler), in one process or under
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -134,7 +135,8 @@ class _Dist:
     def __init__(self, device: torch.device) -> None:
         self.enabled = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.enabled and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            # a long timeout: the other ranks wait while rank 0 evaluates and saves
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
         self.rank = dist.get_rank() if self.enabled else 0
         self.world = dist.get_world_size() if self.enabled else 1
 
@@ -145,6 +147,23 @@ class _Dist:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def check_replicas_agree(self, module: torch.nn.Module) -> None:
+        """Every rank must hold the same trained state (parameters and the synced cache)."""
+        if not self.enabled:
+            return
+        for name, value in module.state_dict().items():
+            if not value.is_floating_point() or "running_" in name:  # BatchNorm statistics are per rank
+                continue
+            low, high = value.detach().clone(), value.detach().clone()
+            dist.all_reduce(low, op=dist.ReduceOp.MIN)
+            dist.all_reduce(high, op=dist.ReduceOp.MAX)
+            if not torch.equal(low, high):
+                raise RuntimeError(f"ranks disagree on `{name}` after training (max gap {(high - low).abs().max().item():.3g})")
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------- loops
@@ -288,6 +307,7 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
             (out / "log.json").write_text(json.dumps(log, indent=2) + "\n")
         ddp.barrier()
 
+    ddp.check_replicas_agree(method)
     results: dict[str, Any] = {}
     if ddp.main:
         from ._io import atomic_save_file
@@ -298,6 +318,7 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
         results = evaluate_run(cfg, method=method, device=device)
         (out / RESULTS).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     ddp.barrier()
+    ddp.close()
     method.detach()
     return results
 
