@@ -79,6 +79,10 @@ def test_results_table_averages_seeds_and_takes_hm_of_averages():
     ]
     table = results_table(rs)
     assert "| coop + TextRefiner | d | 1,2 | 85.00 | 65.00 | 73.67 |" in table
+    assert "average" not in table  # one dataset: no average row
+    other = [r | {"dataset": "e", "base": r["base"] - 10, "novel": r["novel"] + 10} for r in rs]
+    table = results_table(rs + other)
+    assert "| coop + TextRefiner | average of 2 | 1,2 | 80.00 | 70.00 | 74.67 |" in table
 
 
 def test_evaluation_bakes_once_and_never_refines_per_batch(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
@@ -194,3 +198,31 @@ def test_missing_image_is_named(tiny_clip_dir, fake_data_root, tmp_path, capsys)
     victim.unlink()
     assert main(_args(tiny_clip_dir, root, tmp_path / "run")) == 2
     assert victim.name in capsys.readouterr().err
+
+
+def test_promptkd_distils_on_unlabelled_images_from_the_command(tiny_clip_dir, fake_data_root, tmp_path):
+    from textrefiner._tiny import save_tiny_clip
+
+    teacher = save_tiny_clip(tmp_path / "teacher", seed=3, hidden_size=48, projection_dim=40)
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    import shutil
+
+    for i, image in enumerate(sorted((fake_data_root / "eurosat" / "2750").rglob("*.jpg"))[:10]):
+        shutil.copy(image, folder / f"{i}.jpg")  # no class folders, no split file: just images
+    for extra in (["--unlabeled"], ["--unlabeled-root", str(folder)]):
+        out = tmp_path / f"kd{len(extra)}"
+        args = _args(tiny_clip_dir, fake_data_root, out, "--method", "promptkd", "--teacher", str(teacher), "--epochs", "1", *extra)
+        assert main(args) == 0
+        results = json.loads((out / "results.json").read_text())
+        assert results["protocol"] == "base2novel" and results["method"] == "promptkd"
+        refiner = TextRefiner.from_pretrained(out / "refiner")
+        assert (refiner.embed_dim, refiner.token_dim) == (40, 24)  # teacher's text width, student's tokens
+    assert main(["eval", "--run-dir", str(out), "--no-progress"]) == 0
+
+
+def test_teacher_or_unlabelled_with_another_method_is_refused(tiny_clip_dir, fake_data_root, tmp_path, capsys):
+    assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "r", "--teacher", "x")) == 2
+    assert "only used by --method promptkd" in capsys.readouterr().err
+    assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "r", "--unlabeled")) == 2
+    assert "without labels" in capsys.readouterr().err

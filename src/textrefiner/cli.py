@@ -48,6 +48,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx-init", default="a photo of a", help='context initialisation words; "" for random')
     p.add_argument("--class-specific", action="store_true", help="CoOp: one context per class (CSC)")
     p.add_argument("--teacher", default=None, help="PromptKD: teacher model id or folder")
+    p.add_argument("--unlabeled", action="store_true", help="PromptKD: distil on the train images of all classes, labels unused")
+    p.add_argument("--unlabeled-root", default=None, help="PromptKD: distil on every image under this folder (no labels needed)")
     p.add_argument("--cache-size", type=int, default=None, help="TextRefiner cache slots (default 25)")
     p.add_argument("--alpha", type=float, default=None, help="TextRefiner fuse weight (default 0.2)")
     p.add_argument("--semantic-weight", type=float, default=None, help="lambda_1 (default 0.02)")
@@ -74,6 +76,7 @@ def _run_config(args: argparse.Namespace):
         batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
         precision=args.precision, device=args.device, num_workers=args.num_workers, eval_datasets=args.eval_datasets,
         method_options=method_options, refiner_options=refiner, teacher=args.teacher, progress=not args.no_progress,
+        unlabeled=args.unlabeled, unlabeled_root=args.unlabeled_root,
     )
 
 
@@ -130,7 +133,29 @@ def aggregate_results(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
 
             row["hm"] = harmonic_mean(row["base"], row["novel"])  # HM of the averages, as papers report
         rows.append(row)
-    return rows
+    return rows + _dataset_averages(rows)
+
+
+def _dataset_averages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Base-to-novel papers report the mean over datasets: one such row per method with 2+ datasets."""
+    from .engine import harmonic_mean
+
+    by_method: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["protocol"] == "base2novel":
+            by_method[(r["method"], r["textrefiner"])].append(r)
+    averages = []
+    for (method, tr), part in by_method.items():
+        if len(part) < 2:
+            continue
+        base = sum(r["base"] for r in part) / len(part)
+        novel = sum(r["novel"] for r in part) / len(part)
+        seeds = sorted({s for r in part for s in r["seeds"]})
+        averages.append({
+            "method": method, "textrefiner": tr, "dataset": f"average of {len(part)}", "protocol": "base2novel",
+            "seeds": seeds, "base": base, "novel": novel, "hm": harmonic_mean(base, novel),
+        })
+    return averages
 
 
 def results_table(results: Sequence[dict[str, Any]]) -> str:

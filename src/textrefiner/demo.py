@@ -35,6 +35,9 @@ def run_demo(
         model = save_tiny_clip(work / "tiny-clip", seed=0)
         data = work / "data"
         make_fake_dataset(data, name="eurosat", num_classes=6, images_per_class=24, image_size=40, seed=0)
+        teacher = None
+        if "promptkd" in methods:  # PromptKD distils from a (here equally random, wider) teacher
+            teacher = str(save_tiny_clip(work / "tiny-teacher", seed=1, hidden_size=48, projection_dim=40))
         results = []
         for method in methods:
             for refine in (False, True):
@@ -44,6 +47,7 @@ def run_demo(
                     dataset="eurosat", root=str(data), output_dir=str(work / "runs" / name / f"seed{seed}"), model=str(model),
                     method=method, textrefiner=refine, shots=shots, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
                     num_workers=0, progress=False,
+                    teacher=teacher if method == "promptkd" else None, unlabeled=method == "promptkd",
                 )
                 results.append(train(cfg))
         print("\n" + SMOKE_BANNER + "\n")

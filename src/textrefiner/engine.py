@@ -63,6 +63,8 @@ class RunConfig:
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. n_ctx, ctx_init
     refiner_options: dict[str, Any] = field(default_factory=dict)  # TextRefiner hyper-parameters
     teacher: str | None = None  # PromptKD: teacher model id or path
+    unlabeled: bool = False  # train on the dataset's train images of ALL classes, labels unused (PromptKD)
+    unlabeled_root: str | None = None  # or on every image under this folder (implies `unlabeled`)
     progress: bool = True  # tqdm progress bars
 
     def __post_init__(self) -> None:
@@ -77,6 +79,10 @@ class RunConfig:
                 raise ValueError(f"`{name}` should be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"`lr` should be positive, got {self.lr}")
+        if self.teacher is not None and self.method != "promptkd":
+            raise ValueError(f"a teacher is only used by --method promptkd, got --method {self.method} with --teacher {self.teacher}")
+        if (self.unlabeled or self.unlabeled_root) and self.method != "promptkd":
+            raise ValueError(f"unlabelled training needs a method that learns without labels (promptkd), got {self.method}")
 
     def save(self, directory: Path) -> None:
         (directory / RUN_CONFIG).write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
@@ -250,6 +256,32 @@ def _epoch(method, ddp_method, loader, optimizer, scaler, cfg: RunConfig, device
     return record
 
 
+def _training_items(cfg: RunConfig) -> tuple[list, list[str]]:
+    """The training images and the class names the method is built with.
+
+    Labelled runs: ``shots`` per class of the ``subsample`` classes. Unlabelled runs (PromptKD):
+    every class of the dataset, and either its whole train split or the images under
+    ``unlabeled_root``, all with label -1.
+    """
+    from dataclasses import replace
+
+    from .data import load_dataset, unlabeled_items
+
+    if not (cfg.unlabeled or cfg.unlabeled_root):
+        data = load_dataset(cfg.dataset, cfg.root, shots=cfg.shots, seed=cfg.seed, subsample=cfg.subsample)
+        return data.train, data.classnames
+    data = load_dataset(cfg.dataset, cfg.root, shots=0, seed=cfg.seed, subsample="all", check_files=cfg.unlabeled_root is None)
+    items = unlabeled_items(cfg.unlabeled_root) if cfg.unlabeled_root else [replace(i, label=-1) for i in data.train]
+    return items, data.classnames
+
+
+def _training_classnames(cfg: RunConfig) -> list[str]:
+    from .data import load_dataset
+
+    subsample = "all" if (cfg.unlabeled or cfg.unlabeled_root) else cfg.subsample
+    return load_dataset(cfg.dataset, cfg.root, shots=0, seed=cfg.seed, subsample=subsample, check_files=False).classnames
+
+
 def _weights(method: Method) -> dict[str, torch.Tensor]:
     return {k: v for k, v in method.state_dict().items()}
 
@@ -270,9 +302,9 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     if ddp.enabled and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    data = load_dataset(cfg.dataset, cfg.root, shots=cfg.shots, seed=cfg.seed, subsample=cfg.subsample)
-    method, processor = _build(cfg, device, data.classnames)
-    train_set = ImageDataset(data.train, transforms_from_processor(processor, train=True), seed=cfg.seed)
+    items, classnames = _training_items(cfg)
+    method, processor = _build(cfg, device, classnames)
+    train_set = ImageDataset(items, transforms_from_processor(processor, train=True), seed=cfg.seed)
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
@@ -284,7 +316,7 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     start, log = 0, []
     if resume:
         start, log = _resume(out, cfg, method, optimizer, scheduler, scaler)
-    elif ddp.main:
+    if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out)
     ddp.barrier()
@@ -351,8 +383,7 @@ def evaluate_run(cfg: RunConfig, *, method: Method | None = None, device: torch.
     device = device or resolve_device(cfg.device)
     processor = None
     if method is None:
-        data = load_dataset(cfg.dataset, cfg.root, shots=cfg.shots, seed=cfg.seed, subsample=cfg.subsample)
-        method, processor = _build(cfg, device, data.classnames)
+        method, processor = _build(cfg, device, _training_classnames(cfg))
         tensors = ckpt.read_checkpoint(Path(cfg.output_dir) / "checkpoint")[0] if not (Path(cfg.output_dir) / WEIGHTS).is_file() else None
         from ._io import load_state
         from safetensors.torch import load_file

@@ -9,8 +9,10 @@ Legend: B images, N patches, T = N+1 tokens, w tower width, H heads, d joint emb
     MAP families  hook on the pooling head's attention          -> cls_attention (B, N)
                   (the probe's weights, which nn.MultiheadAttention returns averaged over heads)
     all           hook on the vision tower's output              -> local_tokens (B, T, d)
-The latest forward overwrites both tensors; nothing older is kept. This module imports no
-transformers: families are recognised by class name (see ``_layouts.py``).
+The latest forward overwrites both tensors; nothing older is kept. A prompt learner that
+appends learned tokens after the patches (MaPLe, PromptKD) sets ``num_extra_tokens`` on the
+capture (``refiner._capture``): the hooks slice them off, so the tokens stay CLS + N patches.
+This module imports no transformers: families are recognised by class name (see ``_layouts.py``).
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ class VisionCapture:
             self.attention = submodule(head, "attention", "pooling head's attention")
         self._target: weakref.ref[TextRefiner] | None = None
         self.capture_in_eval = False
+        # Learned prompt tokens a prompt learner appends after the patches (MaPLe, PromptKD's
+        # vision prompts): sliced off the end of the sequence, so local tokens stay CLS + N patches.
+        self.num_extra_tokens = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     # A copied or pickled refiner comes back detached: the hooks belong to this model and refiner.
@@ -149,6 +154,11 @@ class VisionCapture:
             del _ATTACHED[self.tower]
 
     # ------------------------------------------------------------------ hooks
+    def _strip(self, x: torch.Tensor) -> torch.Tensor:
+        """Drop the ``num_extra_tokens`` learned prompt tokens at the end of the sequence (dim 1)."""
+        n = self.num_extra_tokens
+        return x if n == 0 else x[:, : x.shape[1] - n]
+
     def _cls_attention_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         target = self._live_target()
         if target is None:
@@ -156,14 +166,15 @@ class VisionCapture:
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # (B, T, w)
         mask = kwargs["attention_mask"] if "attention_mask" in kwargs else (args[1] if len(args) > 1 else None)
         with torch.no_grad():  # only used to pick the top-k patches: no graph
-            target.cls_attention = cls_attention_row(module, hidden, mask)  # (B, N)
+            row = cls_attention_row(module, hidden, mask)  # (B, N + extra); the softmax saw the prompts too
+            target.cls_attention = self._strip(row)  # (B, N)
 
     def _probe_attention_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         target = self._live_target()
         if target is None:
             return
         weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None  # (B, 1, N), head-averaged
-        target.cls_attention = None if weights is None else weights[:, 0].detach().float()  # (B, N)
+        target.cls_attention = None if weights is None else self._strip(weights[:, 0].detach().float())  # (B, N)
 
     def _tokens_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         target = self._live_target()
@@ -172,6 +183,7 @@ class VisionCapture:
         hidden = _field(output, "last_hidden_state", 0)  # (B, T, w), or (B, N, w) for MAP
         if hidden is None:
             return
+        hidden = self._strip(hidden)  # (B, T, w): the learned prompt tokens are no patches
         tokens = hidden if self.layout.output_normed else self.post_norm(hidden)
         if not self.layout.has_cls:
             pooled = _field(output, "pooler_output", 1)  # (B, w): the image feature stands in for CLS

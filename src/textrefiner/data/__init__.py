@@ -10,7 +10,7 @@
 from .datasets import BASE_TO_NOVEL, CROSS_DOMAIN, DATASETS, DatasetInfo, get_dataset_info
 from .image_dataset import ImageDataset
 from .item import Item, classnames_of, prompt_classname
-from .load import DatasetSplits, load_dataset
+from .load import DatasetSplits, load_dataset, unlabeled_items
 from .sampling import few_shot
 from .splits import base_novel_labels, split_per_class, subsample_classes
 from .synthetic import make_fake_dataset, make_fake_image_folder
@@ -38,4 +38,5 @@ __all__ = [
     "split_per_class",
     "subsample_classes",
     "transforms_from_processor",
+    "unlabeled_items",
 ]

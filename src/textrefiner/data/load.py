@@ -130,3 +130,20 @@ def _check_files(*splits: list[Item]) -> None:
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
         raise FileNotFoundError(f"{len(missing)} image(s) listed in the split are missing, e.g. {missing[:3]}{more}")
+
+
+def unlabeled_items(folder: str | os.PathLike) -> list[Item]:
+    """Every image under ``folder`` (recursively, sorted), labelled -1: PromptKD's unlabelled images.
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a directory, or holds no image.
+    """
+    from ._files import IMAGE_EXTENSIONS
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"unlabelled image folder not found: expected a directory at {root}")
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    return [Item(str(p), -1, "") for p in paths]

@@ -11,6 +11,9 @@ carry context vectors (shared, per class, per image, and deep prompts per layer)
 from __future__ import annotations
 
 from ._text import TEXT_LAYOUTS, PromptedTextEncoder, TextLayout, find_text_layout
+from .cocoop import CoCoOp
 from .coop import CoOp
+from .maple import MaPLe
+from .promptkd import PromptKDStudent
 
-__all__ = ["TEXT_LAYOUTS", "CoOp", "PromptedTextEncoder", "TextLayout", "find_text_layout"]
+__all__ = ["TEXT_LAYOUTS", "CoCoOp", "CoOp", "MaPLe", "PromptKDStudent", "PromptedTextEncoder", "TextLayout", "find_text_layout"]

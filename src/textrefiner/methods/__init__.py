@@ -14,7 +14,10 @@ from ._base import Method, StepOutput
 
 # name -> "module:Class"; imported on first use so `textrefiner` stays light.
 METHODS: dict[str, str] = {
+    "cocoop": "textrefiner.methods.cocoop:CoCoOpMethod",
     "coop": "textrefiner.methods.coop:CoOpMethod",
+    "maple": "textrefiner.methods.maple:MaPLeMethod",
+    "promptkd": "textrefiner.methods.promptkd:PromptKDMethod",
 }
 
 
