@@ -56,10 +56,10 @@ def cache_write(
     sync = _distributed() if sync is None else sync
     slots = cache.float()  # (M, d)
     flat = tokens.reshape(-1, tokens.shape[-1]).float()  # (T, d)
-    # scale each token by an exact power of two first, so its squared norm can neither overflow
-    # nor underflow float32 (bf16 tokens can reach 3e38); the direction is unchanged
-    _, exponent = torch.frexp(flat.abs().amax(dim=-1, keepdim=True))  # (T, 1)
-    v = F.normalize(torch.ldexp(flat, -exponent), dim=-1)  # (T, d) step 1
+    # divide each token by its largest entry first, so its squared norm can neither overflow nor
+    # underflow float32 (bf16 tokens can reach 3e38); the direction is unchanged
+    peak = flat.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # (T, 1)
+    v = F.normalize(flat / peak, dim=-1)  # (T, d) step 1
     scores = v @ slots.T  # (T, M) step 2
     best, slot = scores.max(dim=1)  # (T,), (T,) step 3: each token's slot and score there
     col_max = scores.amax(dim=0) if scores.shape[0] else scores.new_full((slots.shape[0],), -torch.inf)  # (M,)

@@ -116,8 +116,11 @@ def load_pretrained(name_or_path: str) -> tuple[torch.nn.Module, Any, Any]:
     """Model, tokenizer and image processor from a Hub id or a local folder, with a clear error."""
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
+    from ._layouts import find_layout
+
     try:
         model = AutoModel.from_pretrained(name_or_path)
+        find_layout(model)  # an unsupported family is named before anything else is loaded
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         processor = AutoImageProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError, KeyError) as err:
