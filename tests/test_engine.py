@@ -116,7 +116,7 @@ def test_resume_is_bit_identical(tiny_clip_dir, fake_data_root, tmp_path, monkey
     saves = []
 
     def stop_after_first_epoch(*a, **k):
-        out = original(*a, **k)
+        original(*a, **k)
         saves.append(k["epoch"])
         raise Stop  # the run dies right after epoch 1's checkpoint
 

@@ -297,7 +297,7 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     learned prompts and refiner), ``refiner/`` (``TextRefiner.from_pretrained``-loadable) and
     ``results.json``.
     """
-    from .data import ImageDataset, load_dataset, transforms_from_processor
+    from .data import ImageDataset, transforms_from_processor
 
     out = Path(cfg.output_dir)
     device = resolve_device(cfg.device)

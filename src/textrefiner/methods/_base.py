@@ -97,3 +97,53 @@ class Method(nn.Module):
     def extra_state(self) -> dict[str, Any]:
         """JSON-able settings needed to rebuild this method from a checkpoint."""
         return {}
+
+
+class TextClassifierMethod(Method):
+    """A method whose classifier is one set of class text embeddings (CoOp, MaPLe).
+
+    Subclasses set ``self.learner`` (with ``text_features()`` and ``set_classnames()``) and say
+    how images are encoded; the step, with or without TextRefiner, is shared (SPEC §4, §6):
+        E     = norm(text_features())                  # (C, d)
+        E_hat = refiner.refine(E, local_tokens)         # read, then write
+        loss  = CE(scale * norm(img) @ E_hat.T, y) + refiner.loss(E_hat, E, y, ...).total
+    """
+
+    learner: nn.Module
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, d); the refiner's hooks capture the local tokens on the way."""
+        raise NotImplementedError
+
+    def text_embeddings(self) -> torch.Tensor:
+        """(C, d) normalised class text embeddings from the current prompts."""
+        return F.normalize(self.learner.text_features(), dim=-1)
+
+    def training_step(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        scale = logit_scale(self.model)
+        images = self.image_features(pixel_values)  # (B, d)
+        text = self.text_embeddings()  # (C, d)
+        if self.refiner is None:
+            logits = cosine_logits(scale, images, text)
+            loss = F.cross_entropy(logits, labels)
+            return StepOutput(loss, logits, {"cls": loss.item()})
+        refined = self.refiner.refine(text, self.refiner.local_tokens)  # (C, d), un-normalised
+        logits = cosine_logits(scale, images, refined)
+        cls = F.cross_entropy(logits, labels)
+        aux = self.refiner.loss(refined, text, labels, logit_scale=scale, cls_attention=self.refiner.cls_attention)
+        parts = {"cls": cls.item(), "semantic": aux.semantic.item(), "regularization": aux.regularization.item()}
+        return StepOutput(cls + aux.total, logits, parts)
+
+    @torch.no_grad()
+    def prepare_eval(self, classnames: list[str] | None = None) -> None:
+        """Compute the (refined) class embeddings once for every test image (SPEC §5)."""
+        if classnames is not None:
+            self.learner.set_classnames(classnames)
+        text = self.text_embeddings()
+        self._classifier = text if self.refiner is None else self.refiner.bake(text)
+
+    @torch.no_grad()
+    def eval_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self._classifier is None:
+            raise RuntimeError("call prepare_eval(classnames) after eval() and before eval_logits()")
+        return cosine_logits(logit_scale(self.model), self.image_features(pixel_values), self._classifier)

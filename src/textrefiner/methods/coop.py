@@ -14,15 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..learners.coop import CoOp
-from ..refiner import TextRefiner
-from ._base import Method, StepOutput, cosine_logits, image_features, logit_scale
+from ._base import TextClassifierMethod, image_features
 
 
-class CoOpMethod(Method):
+class CoOpMethod(TextClassifierMethod):
     """CoOp's learnable context on a frozen CLIP-family model, optionally refined.
 
     Args:
@@ -55,40 +53,9 @@ class CoOpMethod(Method):
             options = textrefiner if isinstance(textrefiner, dict) else {}
             self.refiner = attach(model, **options)
 
-    def text_embeddings(self) -> torch.Tensor:
-        """(C, d) normalised class text embeddings from the current context."""
-        return F.normalize(self.learner.text_features(), dim=-1)
-
-    def training_step(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        scale = logit_scale(self.model)
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # frozen vision tower: the hooks still capture its tokens
-            images = image_features(self.model, pixel_values)  # (B, d)
-        text = self.text_embeddings()  # (C, d)
-        if self.refiner is None:
-            logits = cosine_logits(scale, images, text)
-            loss = F.cross_entropy(logits, labels)
-            return StepOutput(loss, logits, {"cls": loss.item()})
-        refined = self.refiner.refine(text, self.refiner.local_tokens)  # (C, d), un-normalised
-        logits = cosine_logits(scale, images, refined)
-        cls = F.cross_entropy(logits, labels)
-        aux = self.refiner.loss(refined, text, labels, logit_scale=scale, cls_attention=self.refiner.cls_attention)
-        parts = {"cls": cls.item(), "semantic": aux.semantic.item(), "regularization": aux.regularization.item()}
-        return StepOutput(cls + aux.total, logits, parts)
-
-    @torch.no_grad()
-    def prepare_eval(self, classnames: list[str] | None = None) -> None:
-        """Compute the (refined) class embeddings once for every test image (SPEC §5)."""
-        if classnames is not None:
-            self.learner.set_classnames(classnames)
-        text = self.text_embeddings()
-        self._classifier = text if self.refiner is None else self.refiner.bake(text)
-
-    @torch.no_grad()
-    def eval_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self._classifier is None:
-            raise RuntimeError("call prepare_eval(classnames) after eval() and before eval_logits()")
-        images = image_features(self.model, pixel_values)
-        return cosine_logits(logit_scale(self.model), images, self._classifier)
+            return image_features(self.model, pixel_values)
 
     def extra_state(self) -> dict[str, Any]:
         return dict(self._settings)

@@ -18,15 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..learners._vision import bind_refiner
 from ..learners.maple import MaPLe
-from ._base import Method, StepOutput, cosine_logits, logit_scale
+from ._base import TextClassifierMethod
 
 
-class MaPLeMethod(Method):
+class MaPLeMethod(TextClassifierMethod):
     """MaPLe's coupled text and vision prompts on a frozen CLIP, optionally refined.
 
     Args:
@@ -65,39 +64,8 @@ class MaPLeMethod(Method):
         super().detach()
         self.learner.remove_hooks()
 
-    def text_embeddings(self) -> torch.Tensor:
-        """(C, d) normalised class text embeddings from the current prompts."""
-        return F.normalize(self.learner.text_features(), dim=-1)
-
-    def training_step(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        scale = logit_scale(self.model)
-        images = self.learner.image_features(pixel_values)  # (B, d); the hooks capture the tokens
-        text = self.text_embeddings()  # (C, d)
-        if self.refiner is None:
-            logits = cosine_logits(scale, images, text)
-            loss = F.cross_entropy(logits, labels)
-            return StepOutput(loss, logits, {"cls": loss.item()})
-        refined = self.refiner.refine(text, self.refiner.local_tokens)  # (C, d), un-normalised
-        logits = cosine_logits(scale, images, refined)
-        cls = F.cross_entropy(logits, labels)
-        aux = self.refiner.loss(refined, text, labels, logit_scale=scale, cls_attention=self.refiner.cls_attention)
-        parts = {"cls": cls.item(), "semantic": aux.semantic.item(), "regularization": aux.regularization.item()}
-        return StepOutput(cls + aux.total, logits, parts)
-
-    @torch.no_grad()
-    def prepare_eval(self, classnames: list[str] | None = None) -> None:
-        """Compute the (refined) class embeddings once for every test image (SPEC §5)."""
-        if classnames is not None:
-            self.learner.set_classnames(classnames)
-        text = self.text_embeddings()
-        self._classifier = text if self.refiner is None else self.refiner.bake(text)
-
-    @torch.no_grad()
-    def eval_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self._classifier is None:
-            raise RuntimeError("call prepare_eval(classnames) after eval() and before eval_logits()")
-        images = self.learner.image_features(pixel_values)
-        return cosine_logits(logit_scale(self.model), images, self._classifier)
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.learner.image_features(pixel_values)  # with grad: the vision prompts train
 
     def extra_state(self) -> dict[str, Any]:
         return dict(self._settings)
