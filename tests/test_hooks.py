@@ -513,3 +513,17 @@ def test_deepcopy_after_a_trainable_forward():
     clone = copy.deepcopy(refiner)
     assert clone.local_tokens is None and clone._capture is None
     assert torch.equal(clone.cache, refiner.cache)
+
+
+@pytest.mark.parametrize("family", CLS)
+def test_cls_attention_reuses_the_layers_own_keys(family):
+    """Only the CLS query is computed on top of the model's forward: k_proj runs once, as without hooks."""
+    model = build(family)
+    inputs = image_inputs(model, batch=2)
+    refiner = textrefiner.attach(model)
+    calls = []
+    handle = refiner._capture.attention.k_proj.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        image_features(model, inputs)
+    handle.remove()
+    assert len(calls) == 1 and refiner.cls_attention is not None

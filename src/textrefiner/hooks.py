@@ -30,7 +30,9 @@ from .refiner import TextRefiner
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, VisionCapture] = weakref.WeakKeyDictionary()
 
 
-def cls_attention_row(attention: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def cls_attention_row(
+    attention: nn.Module, hidden: torch.Tensor, mask: torch.Tensor | None = None, keys: torch.Tensor | None = None
+) -> torch.Tensor:
     """The CLS query's attention over the patches, averaged over heads (the eager layer's row 0).
 
     Equals ``attn_weights[:, :, 0, 1:].mean(1)`` of the same layer run with eager attention: the
@@ -41,6 +43,7 @@ def cls_attention_row(attention: nn.Module, hidden: torch.Tensor, mask: torch.Te
         attention: a CLIP-style attention module (``q_proj``, ``k_proj``, ``num_heads``, ``head_dim``, ``scale``).
         hidden: (B, T, w) the module's input, CLS first.
         mask: additive float mask (B, 1, T, T) or boolean keep-mask, as passed to the module; usually None.
+        keys: (B, T, w) the layer's own ``k_proj(hidden)``, when already computed; else recomputed.
 
     Returns:
         (B, N) attention weights, N = T - 1.
@@ -48,7 +51,8 @@ def cls_attention_row(attention: nn.Module, hidden: torch.Tensor, mask: torch.Te
     b, t, _ = hidden.shape
     h, hd = attention.num_heads, attention.head_dim
     q = attention.q_proj(hidden[:, :1]).view(b, 1, h, hd).transpose(1, 2).float()  # (B, H, 1, hd)
-    k = attention.k_proj(hidden).view(b, t, h, hd).transpose(1, 2).float()  # (B, H, T, hd)
+    keys = attention.k_proj(hidden) if keys is None else keys
+    k = keys.reshape(b, t, h, hd).transpose(1, 2).float()  # (B, H, T, hd)
     with torch.autocast(hidden.device.type, enabled=False):  # scores in float32 under mixed precision too
         scores = (q @ k.transpose(-1, -2)) * attention.scale  # (B, H, 1, T)
         if mask is not None:
@@ -102,6 +106,7 @@ class VisionCapture:
         # Learned prompt tokens a prompt learner appends after the patches (MaPLe, PromptKD's
         # vision prompts): sliced off the end of the sequence, so local tokens stay CLS + N patches.
         self.num_extra_tokens = 0
+        self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None  # last layer's attention input
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     # A copied or pickled refiner comes back detached: the hooks belong to this model and refiner.
@@ -138,7 +143,9 @@ class VisionCapture:
         """Register the hooks; they write ``target.local_tokens`` and ``target.cls_attention``."""
         self._target = weakref.ref(target)
         if self.layout.has_cls:
-            self._handles.append(self.attention.register_forward_pre_hook(self._cls_attention_hook, with_kwargs=True))
+            # the pre-hook notes the layer's input; the k_proj hook then reuses the layer's own keys
+            self._handles.append(self.attention.register_forward_pre_hook(self._attention_input_hook, with_kwargs=True))
+            self._handles.append(self.attention.k_proj.register_forward_hook(self._keys_hook))
         else:
             self._handles.append(self.attention.register_forward_hook(self._probe_attention_hook))
         self._handles.append(self.tower.register_forward_hook(self._tokens_hook))
@@ -159,14 +166,21 @@ class VisionCapture:
         n = self.num_extra_tokens
         return x if n == 0 else x[:, : x.shape[1] - n]
 
-    def _cls_attention_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        target = self._live_target()
-        if target is None:
+    def _attention_input_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._pending = None
+        if self._live_target() is None:
             return
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # (B, T, w)
         mask = kwargs["attention_mask"] if "attention_mask" in kwargs else (args[1] if len(args) > 1 else None)
+        self._pending = (hidden, mask)  # references only, dropped as soon as the keys arrive
+
+    def _keys_hook(self, module: nn.Module, args: tuple, keys: torch.Tensor) -> None:
+        target, pending, self._pending = self._live_target(), self._pending, None
+        if target is None or pending is None or args[0] is not pending[0]:
+            return  # not the attention call the pre-hook saw
+        hidden, mask = pending
         with torch.no_grad():  # only used to pick the top-k patches: no graph
-            row = cls_attention_row(module, hidden, mask)  # (B, N + extra); the softmax saw the prompts too
+            row = cls_attention_row(self.attention, hidden, mask, keys=keys)  # (B, N + extra); softmax saw the prompts too
             target.cls_attention = self._strip(row)  # (B, N)
 
     def _probe_attention_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
