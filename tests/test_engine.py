@@ -226,3 +226,15 @@ def test_teacher_or_unlabelled_with_another_method_is_refused(tiny_clip_dir, fak
     assert "only used by --method promptkd" in capsys.readouterr().err
     assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "r", "--unlabeled")) == 2
     assert "without labels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_keep_a_float32_cache(tiny_clip_dir, fake_data_root, tmp_path, precision):
+    cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / precision, epochs=1, precision=precision)
+    results = engine.train(cfg)
+    log = json.loads((tmp_path / precision / "log.json").read_text())
+    assert all(math.isfinite(v) for v in log[0].values())
+    refiner = TextRefiner.from_pretrained(tmp_path / precision / "refiner")
+    assert refiner.cache.dtype == torch.float32 and torch.isfinite(refiner.cache).all()
+    torch.testing.assert_close(refiner.cache.norm(dim=1), torch.ones(25), atol=1e-5, rtol=0)
+    assert 0 <= results["hm"] <= 100

@@ -285,10 +285,6 @@ def _training_classnames(cfg: RunConfig) -> list[str]:
     return load_dataset(cfg.dataset, cfg.root, shots=0, seed=cfg.seed, subsample=subsample, check_files=False).classnames
 
 
-def _weights(method: Method) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in method.state_dict().items()}
-
-
 def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train ``cfg.method`` (with or without TextRefiner) and evaluate it; returns the results.
 
@@ -336,7 +332,7 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
         if ddp.main:
             print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in record.items()}), flush=True)
             ckpt.save_checkpoint(
-                out / "checkpoint", weights=_weights(method), optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                out / "checkpoint", weights=dict(method.state_dict()), optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                 epoch=epoch + 1, extra={"log": log, "method": cfg.method, "model": cfg.model},
             )
             (out / "log.json").write_text(json.dumps(log, indent=2) + "\n")
@@ -347,7 +343,7 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     if ddp.main:
         from ._io import atomic_save_file
 
-        atomic_save_file(_weights(method), out / WEIGHTS, metadata={"method": cfg.method})
+        atomic_save_file(dict(method.state_dict()), out / WEIGHTS, metadata={"method": cfg.method})
         if method.refiner is not None:
             method.refiner.save_pretrained(out / "refiner")
         results = evaluate_run(cfg, method=method, device=device)
