@@ -58,15 +58,17 @@ def cache_write(
     flat = tokens.reshape(-1, tokens.shape[-1]).float()  # (T, d)
     # divide each token by its largest entry first, so its squared norm can neither overflow nor
     # underflow float32 (bf16 tokens can reach 3e38); the direction is unchanged
-    peak = flat.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # (T, 1)
-    v = F.normalize(flat / peak, dim=-1)  # (T, d) step 1
+    # (large temporaries cost page faults on CPU: the only (T, d) allocation of the write is `v`)
+    peak = torch.maximum(flat.amax(dim=-1, keepdim=True), -flat.amin(dim=-1, keepdim=True))  # (T, 1) max |x|
+    v = flat / peak.clamp_min(torch.finfo(torch.float32).tiny)  # (T, d), normalised in place below
+    v /= torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-12)  # step 1, as F.normalize
     scores = v @ slots.T  # (T, M) step 2
     best, slot = scores.max(dim=1)  # (T,), (T,) step 3: each token's slot and score there
     col_max = scores.amax(dim=0) if scores.shape[0] else scores.new_full((slots.shape[0],), -torch.inf)  # (M,)
     if sync:
         dist.all_reduce(col_max, op=dist.ReduceOp.MAX)
     weight = torch.exp(best - col_max[slot])  # (T,) step 4, max over ALL tokens of the slot
-    summed = torch.zeros_like(slots).index_add_(0, slot, weight[:, None] * v)  # (M, d)
+    summed = torch.zeros_like(slots).index_add_(0, slot, v.mul_(weight[:, None]))  # (M, d); v is done with
     hits = torch.bincount(slot, minlength=slots.shape[0]).to(slots.dtype)  # (M,)
     if sync:
         dist.all_reduce(summed)
