@@ -76,6 +76,14 @@ class Method(nn.Module):
         self._classifier = None
         return self
 
+    def attach_refiner(self, textrefiner: bool | dict[str, Any], **defaults: Any) -> None:
+        """Attach a TextRefiner to the host's vision tower when asked (a dict: options over ``defaults``)."""
+        if textrefiner:
+            from ..hooks import attach
+
+            options = textrefiner if isinstance(textrefiner, dict) else {}
+            self.refiner = attach(self.model, **{**defaults, **options})
+
     def detach(self) -> None:
         """Remove the refiner's hooks from the host model."""
         if self.refiner is not None:

@@ -77,11 +77,7 @@ class CoCoOpMethod(Method):
         self.learner = CoCoOp(model, tokenizer, classnames, n_ctx=n_ctx, ctx_init=ctx_init, max_prompts=max_prompts)
         self._settings = {"n_ctx": n_ctx, "ctx_init": ctx_init, "max_prompts": max_prompts}
         self._prepared = False
-        if textrefiner:
-            from ..hooks import attach
-
-            options = textrefiner if isinstance(textrefiner, dict) else {}
-            self.refiner = attach(model, **options)
+        self.attach_refiner(textrefiner)
 
     def train(self, mode: bool = True) -> CoCoOpMethod:
         super().train(mode)

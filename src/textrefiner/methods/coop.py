@@ -47,11 +47,7 @@ class CoOpMethod(TextClassifierMethod):
         super().__init__(model)
         self.learner = CoOp(model, tokenizer, classnames, n_ctx=n_ctx, ctx_init=ctx_init, class_specific=class_specific)
         self._settings = {"n_ctx": n_ctx, "ctx_init": ctx_init, "class_specific": class_specific}
-        if textrefiner:
-            from ..hooks import attach
-
-            options = textrefiner if isinstance(textrefiner, dict) else {}
-            self.refiner = attach(model, **options)
+        self.attach_refiner(textrefiner)
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # frozen vision tower: the hooks still capture its tokens

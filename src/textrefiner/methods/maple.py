@@ -52,11 +52,8 @@ class MaPLeMethod(TextClassifierMethod):
         super().__init__(model)
         self.learner = MaPLe(model, tokenizer, classnames, n_ctx=n_ctx, ctx_init=ctx_init, prompt_depth=prompt_depth)
         self._settings = {"n_ctx": n_ctx, "ctx_init": ctx_init, "prompt_depth": self.learner.prompt_depth}
-        if textrefiner:
-            from ..hooks import attach
-
-            options = textrefiner if isinstance(textrefiner, dict) else {}
-            self.refiner = attach(model, **options)
+        self.attach_refiner(textrefiner)
+        if self.refiner is not None:
             bind_refiner(self.refiner, self.learner.num_vision_tokens)
 
     def detach(self) -> None:

@@ -92,17 +92,14 @@ class PromptKDMethod(Method):
         self.register_buffer("teacher_text", teacher_text_features(teacher, teacher_tokenizer, classnames, template), persistent=False)
         self.classnames = list(classnames)
         self._settings = {"n_ctx": n_ctx, "prompt_depth": self.student.prompt_depth, "kd_weight": kd_weight, "temperature": temperature, "template": template}
-        if textrefiner:
-            from ..hooks import attach
-
-            options = {
-                "embed_dim": teacher_dim,
-                "semantic_weight": self.kd_weight / 100,
-                "regularization_weight": self.kd_weight / 50,
-                "kd_temperature": self.temperature,
-                **(textrefiner if isinstance(textrefiner, dict) else {}),
-            }
-            self.refiner = attach(model, **options)
+        self.attach_refiner(
+            textrefiner,
+            embed_dim=teacher_dim,
+            semantic_weight=self.kd_weight / 100,
+            regularization_weight=self.kd_weight / 50,
+            kd_temperature=self.temperature,
+        )
+        if self.refiner is not None:
             bind_refiner(self.refiner, self.student.num_vision_tokens)
 
     @property
