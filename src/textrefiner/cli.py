@@ -54,6 +54,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=None, help="TextRefiner fuse weight (default 0.2)")
     p.add_argument("--semantic-weight", type=float, default=None, help="lambda_1 (default 0.02)")
     p.add_argument("--regularization-weight", type=float, default=None, help="lambda_2 (default 20)")
+    p.add_argument("--sync-batchnorm", action="store_true", help="SyncBatchNorm in the alignment MLP (multi-GPU DDP runs; GPU only)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 
 
@@ -70,6 +71,8 @@ def _run_config(args: argparse.Namespace):
         for k in ("cache_size", "alpha", "semantic_weight", "regularization_weight")
         if getattr(args, k) is not None
     }
+    if args.sync_batchnorm:
+        refiner["sync_batchnorm"] = True
     return RunConfig(
         dataset=args.dataset, root=args.root, output_dir=args.output_dir, model=args.model, method=args.method,
         textrefiner=args.textrefiner, shots=args.shots, seed=args.seed, subsample=args.subsample, epochs=args.epochs,
