@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,7 +327,9 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
         loader = _loader(train_set, cfg, train=True, epoch=epoch, ddp=ddp)
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         record |= _epoch(method, ddp_method, loader, optimizer, scaler, cfg, device, epoch, ddp)
-        scheduler.step()
+        with warnings.catch_warnings():  # fp16: GradScaler may skip a step; the schedule is per epoch anyway
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+            scheduler.step()
         record["seconds"] = time.perf_counter() - t0
         log.append(record)
         if ddp.main:

@@ -1,0 +1,33 @@
+"""The package surface: light import, sorted public names, typed, one version."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_import_needs_only_torch():
+    code = "import sys, textrefiner; print(sorted(m for m in ('transformers', 'safetensors', 'huggingface_hub') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_public_surface():
+    import textrefiner
+
+    assert textrefiner.__all__ == sorted(textrefiner.__all__)
+    for name in textrefiner.__all__:
+        assert getattr(textrefiner, name) is not None
+    from textrefiner.hooks import attach
+
+    assert textrefiner.attach is attach
+
+
+def test_version_in_one_place_and_typed():
+    from importlib.metadata import version
+    from importlib.resources import files
+
+    import textrefiner
+
+    assert version("textrefiner") == textrefiner.__version__
+    assert files("textrefiner").joinpath("py.typed").is_file()
