@@ -328,7 +328,7 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         record |= _epoch(method, ddp_method, loader, optimizer, scaler, cfg, device, epoch, ddp)
         with warnings.catch_warnings():  # fp16: GradScaler may skip a step; the schedule is per epoch anyway
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\(\)` before")
             scheduler.step()
         record["seconds"] = time.perf_counter() - t0
         log.append(record)
