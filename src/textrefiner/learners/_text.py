@@ -373,3 +373,28 @@ class PromptedTextEncoder(nn.Module):
         if self.layout.causal:  # sdpa and flash attention get is_causal=True and no mask; eager a 4-D mask
             return create_causal_mask(config=config, inputs_embeds=x, attention_mask=None, cache=None), {"is_causal": True}
         return create_bidirectional_mask(config=config, inputs_embeds=x, attention_mask=None), {}
+
+
+class PromptLearner(nn.Module):
+    """What every prompt learner built on a :class:`PromptedTextEncoder` (``self.encoder``) shares."""
+
+    encoder: PromptedTextEncoder
+
+    @property
+    def model(self) -> nn.Module:
+        """The frozen Hugging Face model."""
+        return self.encoder.model
+
+    @property
+    def n_ctx(self) -> int:
+        """Number of context tokens."""
+        return self.encoder.n_ctx
+
+    @property
+    def classnames(self) -> list[str]:
+        """The current classes, in label order."""
+        return self.encoder.classnames
+
+    def set_classnames(self, classnames: Sequence[str]) -> None:
+        """Switch to other classes (e.g. the novel ones at evaluation): re-tokenises the prompts."""
+        self.encoder.set_classnames(classnames)

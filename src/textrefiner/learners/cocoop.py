@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._text import ClassTokenPosition, PromptedTextEncoder
+from ._text import ClassTokenPosition, PromptedTextEncoder, PromptLearner
 
 
-class CoCoOp(nn.Module):
+class CoCoOp(PromptLearner):
     """CoCoOp's conditional prompt learner on a Hugging Face CLIP-family model.
 
     Args:
@@ -85,28 +85,9 @@ class CoCoOp(nn.Module):
         )
 
     @property
-    def model(self) -> nn.Module:
-        """The frozen Hugging Face model."""
-        return self.encoder.model
-
-    @property
     def embed_dim(self) -> int:
         """Joint embedding width ``d`` (the text features' width)."""
         return int(self.encoder.parts.projections[-1].out_features)  # CLIP's text_projection, SigLIP's head
-
-    @property
-    def n_ctx(self) -> int:
-        """Number of context tokens."""
-        return self.encoder.n_ctx
-
-    @property
-    def classnames(self) -> list[str]:
-        """The current classes, in label order."""
-        return self.encoder.classnames
-
-    def set_classnames(self, classnames: Sequence[str]) -> None:
-        """Switch to other classes (e.g. the novel ones at evaluation): re-tokenises the prompts."""
-        self.encoder.set_classnames(classnames)
 
     def _check_images(self, image_features: torch.Tensor) -> None:
         if not isinstance(image_features, torch.Tensor) or not image_features.is_floating_point():

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._text import ClassTokenPosition, PromptedTextEncoder
+from ._text import ClassTokenPosition, PromptedTextEncoder, PromptLearner
 
 
-class CoOp(nn.Module):
+class CoOp(PromptLearner):
     """CoOp's prompt learner on a Hugging Face CLIP-family model.
 
     Args:
@@ -73,21 +73,6 @@ class CoOp(nn.Module):
         else:
             ctx = self.encoder.embed_words(ctx_init).expand(shape).clone()  # the words' own embeddings
         self.ctx = nn.Parameter(ctx)  # (n, w) or (C, n, w): the only trained weights
-
-    @property
-    def model(self) -> nn.Module:
-        """The frozen Hugging Face model."""
-        return self.encoder.model
-
-    @property
-    def n_ctx(self) -> int:
-        """Number of context tokens."""
-        return self.encoder.n_ctx
-
-    @property
-    def classnames(self) -> list[str]:
-        """The current classes, in label order."""
-        return self.encoder.classnames
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
         """Switch to other classes (e.g. the novel ones at evaluation): re-tokenises the prompts.

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._text import PromptedTextEncoder
+from ._text import PromptedTextEncoder, PromptLearner
 from ._vision import VisionPromptHooks, default_depth, vision_depth, vision_width
 
 
-class MaPLe(nn.Module):
+class MaPLe(PromptLearner):
     """MaPLe's multi-modal prompt learner on a Hugging Face CLIP or MetaCLIP 2 model.
 
     The vision prompts are hooks on the model's vision tower, installed when the learner is
@@ -105,11 +105,6 @@ class MaPLe(nn.Module):
         if isinstance(classnames, str) or not self.prefix:
             return classnames  # the encoder validates it
         return [f"{self.prefix} {c}" for c in classnames]
-
-    @property
-    def model(self) -> nn.Module:
-        """The frozen Hugging Face model."""
-        return self.encoder.model
 
     @property
     def n_ctx(self) -> int:
