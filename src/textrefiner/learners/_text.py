@@ -380,6 +380,42 @@ class PromptLearner(nn.Module):
 
     encoder: PromptedTextEncoder
 
+    def _init_encoder_and_context(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        classnames: Sequence[str],
+        *,
+        n_ctx: int,
+        ctx_init: str | None,
+        class_token_position: ClassTokenPosition,
+        truncate: bool,
+        class_specific: bool = False,
+    ) -> torch.Tensor:
+        """CoOp's set-up: freeze the model, build ``self.encoder``, return the initial context.
+
+        With ``ctx_init`` the context is those words' own embeddings and ``n_ctx`` is their token
+        count; without, it is N(0, 0.02) noise of ``n_ctx`` tokens. Returns (n, w), or (C, n, w)
+        when ``class_specific``.
+
+        Raises:
+            ValueError: ``ctx_init`` is neither None nor non-empty words.
+        """
+        if ctx_init is not None:
+            if not isinstance(ctx_init, str) or not ctx_init.strip():
+                raise ValueError(f"expected `ctx_init` to be non-empty words or None, got {ctx_init!r}")
+            ctx_init = ctx_init.strip()
+            n_ctx = len(tokenizer(ctx_init, add_special_tokens=False)["input_ids"])
+        model.requires_grad_(False)
+        self.encoder = PromptedTextEncoder(
+            model, tokenizer, classnames, n_ctx=n_ctx, class_token_position=class_token_position, truncate=truncate
+        )
+        weight = self.encoder.parts.token_embedding.weight
+        shape = (self.encoder.num_classes, n_ctx, weight.shape[-1]) if class_specific else (n_ctx, weight.shape[-1])
+        if ctx_init is None:
+            return torch.empty(shape, device=weight.device, dtype=weight.dtype).normal_(std=0.02)
+        return self.encoder.embed_words(ctx_init).expand(shape).clone()  # the words' own embeddings
+
     @property
     def model(self) -> nn.Module:
         """The frozen Hugging Face model."""

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._text import ClassTokenPosition, PromptedTextEncoder, PromptLearner
+from ._text import ClassTokenPosition, PromptLearner
 
 
 class CoCoOp(PromptLearner):
@@ -57,24 +57,14 @@ class CoCoOp(PromptLearner):
         max_prompts: int = 4096,
     ) -> None:
         super().__init__()
-        if ctx_init is not None:
-            if not isinstance(ctx_init, str) or not ctx_init.strip():
-                raise ValueError(f"expected `ctx_init` to be non-empty words or None, got {ctx_init!r}")
-            ctx_init = ctx_init.strip()
-            n_ctx = len(tokenizer(ctx_init, add_special_tokens=False)["input_ids"])
         if isinstance(max_prompts, bool) or not isinstance(max_prompts, int) or max_prompts < 1:
             raise ValueError(f"expected `max_prompts` to be a positive int, got {max_prompts!r}")
-        model.requires_grad_(False)
-        self.encoder = PromptedTextEncoder(
-            model, tokenizer, classnames, n_ctx=n_ctx, class_token_position=class_token_position, truncate=truncate
+        ctx = self._init_encoder_and_context(
+            model, tokenizer, classnames, n_ctx=n_ctx, ctx_init=ctx_init, class_token_position=class_token_position, truncate=truncate
         )
         self.max_prompts = max_prompts
         weight = self.encoder.parts.token_embedding.weight
         w = weight.shape[-1]
-        if ctx_init is None:
-            ctx = torch.empty(n_ctx, w, device=weight.device, dtype=weight.dtype).normal_(std=0.02)
-        else:
-            ctx = self.encoder.embed_words(ctx_init)
         self.ctx = nn.Parameter(ctx)  # (n, w)
         d = self.embed_dim
         hidden = max(1, d // 16)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._text import ClassTokenPosition, PromptedTextEncoder, PromptLearner
+from ._text import ClassTokenPosition, PromptLearner
 
 
 class CoOp(PromptLearner):
@@ -56,22 +56,11 @@ class CoOp(PromptLearner):
         truncate: bool = True,
     ) -> None:
         super().__init__()
-        if ctx_init is not None:
-            if not isinstance(ctx_init, str) or not ctx_init.strip():
-                raise ValueError(f"expected `ctx_init` to be non-empty words or None, got {ctx_init!r}")
-            ctx_init = ctx_init.strip()
-            n_ctx = len(tokenizer(ctx_init, add_special_tokens=False)["input_ids"])
-        model.requires_grad_(False)
-        self.encoder = PromptedTextEncoder(
-            model, tokenizer, classnames, n_ctx=n_ctx, class_token_position=class_token_position, truncate=truncate
+        ctx = self._init_encoder_and_context(
+            model, tokenizer, classnames, n_ctx=n_ctx, ctx_init=ctx_init,
+            class_token_position=class_token_position, truncate=truncate, class_specific=class_specific,
         )
         self.class_specific = class_specific
-        weight = self.encoder.parts.token_embedding.weight
-        shape = (self.encoder.num_classes, n_ctx, weight.shape[-1]) if class_specific else (n_ctx, weight.shape[-1])
-        if ctx_init is None:
-            ctx = torch.empty(shape, device=weight.device, dtype=weight.dtype).normal_(std=0.02)
-        else:
-            ctx = self.encoder.embed_words(ctx_init).expand(shape).clone()  # the words' own embeddings
         self.ctx = nn.Parameter(ctx)  # (n, w) or (C, n, w): the only trained weights
 
     def set_classnames(self, classnames: Sequence[str]) -> None:
