@@ -132,11 +132,15 @@ def _reference_joined(sizes: list[int], frozen_bn: bool = True, device: str = "c
     learner = Learner().to(device).train()
     if frozen_bn:
         learner.refiner.alignment.norm.eval()
-    opt = torch.optim.SGD(learner.parameters(), lr=LR)
+    return _train_steps(learner, learner, [_joined(step) for step in _data(sizes, device)])
+
+
+def _train_steps(model: nn.Module, learner: Learner, batches: list) -> list[dict[str, torch.Tensor]]:
+    """SGD steps of ``model`` (the learner, or its DDP wrapper); the learner's state after each."""
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
     states = []
-    for step in _data(sizes, device):
-        batch = _joined(step)
-        text, refined = learner(batch[0])
+    for batch in batches:
+        text, refined = model(batch[0])
         loss = _loss(learner, text, refined, batch)
         opt.zero_grad()
         loss.backward()
@@ -173,18 +177,7 @@ def _train_ddp(rank: int, sizes: list[int], frozen_bn: bool, buffers: str) -> li
     learner = Learner().train()
     if frozen_bn:
         learner.refiner.alignment.norm.eval()
-    model = _ddp(learner, buffers)
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    states = []
-    for step in _data(sizes):
-        batch = step[rank]
-        text, refined = model(batch[0])
-        loss = _loss(learner, text, refined, batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        states.append(_state(learner))
-    return states
+    return _train_steps(_ddp(learner, buffers), learner, [step[rank] for step in _data(sizes)])
 
 
 def _empty_slice(rank: int) -> dict[str, object]:
