@@ -26,7 +26,7 @@ CONTEXT_LENGTH = 77
 
 @torch.no_grad()
 def loop_write(cache: torch.Tensor, tokens: torch.Tensor, momentum: float) -> torch.Tensor:
-    """SPEC §3 written slot by slot, the release's way; returns the new (M, d) cache."""
+    """docs/method.md §3 written slot by slot, the release's way; returns the new (M, d) cache."""
     v = F.normalize(tokens.reshape(-1, tokens.shape[-1]).float(), dim=-1)  # (T, d)
     scores = v @ cache.T  # (T, M)
     weights = torch.softmax(scores, dim=0)  # softmax over tokens

@@ -1,4 +1,4 @@
-"""Inference: per-image cost with baked refined class embeddings vs plain CLIP (SPEC §5).
+"""Inference: per-image cost with baked refined class embeddings vs plain CLIP (docs/method.md §5).
 
 Legend: B images, C = 100 classes, d = 512.
 

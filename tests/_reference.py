@@ -1,4 +1,4 @@
-"""Straightforward float64 re-derivations of SPEC rules, written as the spec reads.
+"""Straightforward float64 re-derivations of the method's rules (docs/method.md), written as the text reads.
 
 Loops over slots and tokens on purpose: these are the slow, obvious versions that the
 vectorised library code is checked against.
@@ -14,7 +14,7 @@ def unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def reference_cache_write(cache: torch.Tensor, tokens: torch.Tensor, momentum: float) -> torch.Tensor:
-    """SPEC §3 steps 1-6, with the softmax over tokens and the max over all tokens spelled out."""
+    """docs/method.md §3 steps 1-6, with the softmax over tokens and the max over all tokens spelled out."""
     a = cache.double().clone()
     v = unit(tokens.reshape(-1, tokens.shape[-1]).double())  # step 1
     s = v @ a.T  # step 2 (T, M)
@@ -33,7 +33,7 @@ def reference_cache_write(cache: torch.Tensor, tokens: torch.Tensor, momentum: f
 
 
 def reference_aggregate(text: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
-    """SPEC §4 read: softmax over slots of cosine similarity, no temperature."""
+    """docs/method.md §4 read: softmax over slots of cosine similarity, no temperature."""
     e, a = text.double(), cache.double()
     out = torch.zeros_like(e)
     for i in range(e.shape[0]):

@@ -1,4 +1,4 @@
-"""SPEC §4: feature aggregation (the read) and the bias-free fuse."""
+"""docs/method.md §4: feature aggregation (the read) and the bias-free fuse."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §2: the token-wise alignment MLP."""
+"""docs/method.md §2: the token-wise alignment MLP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §3: the local cache and its momentum write."""
+"""docs/method.md §3: the local cache and its momentum write."""
 
 from __future__ import annotations
 

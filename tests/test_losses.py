@@ -1,4 +1,4 @@
-"""SPEC §6: token selection, semantic loss and regularisation loss."""
+"""docs/method.md §6: token selection, semantic loss and regularisation loss."""
 
 from __future__ import annotations
 

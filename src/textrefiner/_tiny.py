@@ -19,12 +19,12 @@ import torch
 
 # Characters the tiny vocabulary knows; anything else becomes the unknown token.
 _CHARS = string.ascii_lowercase + string.digits + "-'.,/&()"
-_SPECIAL = ("<|startoftext|>", "<|endoftext|>")
+_MARKER_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 CONTEXT_LENGTH = 77
 
 
 def _vocab() -> dict[str, int]:
-    tokens = list(_CHARS) + [c + "</w>" for c in _CHARS] + list(_SPECIAL)
+    tokens = list(_CHARS) + [c + "</w>" for c in _CHARS] + list(_MARKER_TOKENS)
     return {t: i for i, t in enumerate(tokens)}
 
 
@@ -55,9 +55,9 @@ def tiny_clip_config(
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
         max_position_embeddings=CONTEXT_LENGTH,
-        bos_token_id=vocab[_SPECIAL[0]],
-        eos_token_id=vocab[_SPECIAL[1]],
-        pad_token_id=vocab[_SPECIAL[1]],
+        bos_token_id=vocab[_MARKER_TOKENS[0]],
+        eos_token_id=vocab[_MARKER_TOKENS[1]],
+        pad_token_id=vocab[_MARKER_TOKENS[1]],
         projection_dim=projection_dim,
     )
     vision = dict(

@@ -1,4 +1,4 @@
-"""Feature aggregation: each class text embedding reads from the local cache (SPEC §4).
+"""Feature aggregation: each class text embedding reads from the local cache (docs/method.md §4).
 
 Legend: C classes, M cache slots, d embedding width.
 """

@@ -1,4 +1,4 @@
-"""Feature alignment: a token-wise two-layer MLP from local tokens toward text (SPEC §2)."""
+"""Feature alignment: a token-wise two-layer MLP from local tokens toward text (docs/method.md §2)."""
 
 from __future__ import annotations
 

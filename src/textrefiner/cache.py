@@ -1,4 +1,4 @@
-"""The local cache: M unit vectors of visual attributes, written by momentum (SPEC §3).
+"""The local cache: M unit vectors of visual attributes, written by momentum (docs/method.md §3).
 
 Legend: T tokens (all images' tokens flattened), M slots, d embedding width.
 
@@ -40,7 +40,7 @@ def cache_write(
     *,
     sync: bool | None = None,
 ) -> torch.Tensor:
-    """Return the cache after one momentum write of ``tokens`` (SPEC §3); ``cache`` is not modified.
+    """Return the cache after one momentum write of ``tokens`` (docs/method.md §3); ``cache`` is not modified.
 
     Args:
         cache: (M, d) current slots, unit rows.

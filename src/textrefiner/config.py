@@ -14,13 +14,13 @@ CONFIG_NAME = "textrefiner_config.json"
 
 @dataclass
 class TextRefinerConfig:
-    """Hyper-parameters of TextRefiner; defaults are the reference release's (SPEC §3–§6)."""
+    """Hyper-parameters of TextRefiner; defaults are the reference release's (docs/method.md §3–§6)."""
 
     embed_dim: int  # d: width of the joint image/text embedding space (512 for ViT-B/16)
     token_dim: int | None = None  # width of the local tokens fed to the alignment MLP; None = embed_dim
     cache_size: int = 25  # M: number of local-cache slots
-    alpha: float = 0.2  # weight of the fused aggregate in the refined embedding (SPEC §4)
-    momentum: float = 0.8  # gamma: how much of a cache slot survives one write (SPEC §3)
+    alpha: float = 0.2  # weight of the fused aggregate in the refined embedding (docs/method.md §4)
+    momentum: float = 0.8  # gamma: how much of a cache slot survives one write (docs/method.md §3)
     top_k: int = 5  # k: patches with the highest CLS attention used by the semantic loss
     semantic_weight: float = 0.02  # lambda_1: weight of the semantic loss (1/50)
     regularization_weight: float = 20.0  # lambda_2: weight of the regularisation loss

@@ -1,4 +1,4 @@
-"""The training engine behind ``textrefiner train`` / ``eval``: the spec §7 recipe.
+"""The training engine behind ``textrefiner train`` / ``eval``: the recipe of docs/method.md §7.
 
 SGD (momentum 0.9, weight decay 5e-4), a cosine schedule over the epochs after one
 constant warm-up epoch at 1e-5 (stepped per epoch, as Dassl does), few-shot data, base
@@ -377,7 +377,7 @@ def harmonic_mean(base: float, novel: float) -> float:
 def evaluate_run(cfg: RunConfig, *, method: Method | None = None, device: torch.device | None = None) -> dict[str, Any]:
     """Accuracy on the test split(s) the protocol asks for.
 
-    Trained on base classes: base and novel accuracy and their harmonic mean (SPEC §7).
+    Trained on base classes: base and novel accuracy and their harmonic mean (docs/method.md §7).
     Trained on all classes: accuracy on the dataset's test split and on each ``eval_datasets``.
     """
     from .data import ImageDataset, load_dataset, transforms_from_processor

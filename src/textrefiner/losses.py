@@ -1,4 +1,4 @@
-"""TextRefiner's auxiliary losses (SPEC §6): semantic (local alignment) and regularisation.
+"""TextRefiner's auxiliary losses (docs/method.md §6): semantic (local alignment) and regularisation.
 
 Legend: B images, N patches (N+1 tokens with CLS), k top-attention patches, C classes, d width.
 """

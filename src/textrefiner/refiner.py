@@ -3,12 +3,12 @@
 Legend: B images, N patches (N+1 tokens with CLS), C classes, M cache slots,
 d embedding width, t token width (``token_dim``; equals d except for PromptKD).
 
-One training step, in order (SPEC §2–§4):
+One training step, in order (docs/method.md §2–§4):
     aligned = align(local_tokens)                  # (B, N+1, d)
     E_hat   = E + alpha * fuse([E, read(E, A)])    # read uses the cache *before* this step
     A       = write(A, aligned)                    # momentum write, no gradient
 At inference ``E_hat`` depends only on E and the frozen cache, so :meth:`TextRefiner.bake`
-computes it once for all test images (SPEC §5).
+computes it once for all test images (docs/method.md §5).
 """
 
 from __future__ import annotations
@@ -146,18 +146,18 @@ class TextRefiner(nn.Module):
 
     # ------------------------------------------------------------------ the method
     def align(self, local_tokens: torch.Tensor) -> torch.Tensor:
-        """Feature alignment (SPEC §2): (..., token_dim) -> (..., embed_dim)."""
+        """Feature alignment (docs/method.md §2): (..., token_dim) -> (..., embed_dim)."""
         self._check_tokens(local_tokens, self.token_dim, "local_tokens")
         return self.alignment(self._cast(local_tokens))
 
     def aggregate(self, text_emb: torch.Tensor) -> torch.Tensor:
-        """Feature aggregation read (SPEC §4): (C, d) -> (C, d) ``E_bar``; never writes."""
+        """Feature aggregation read (docs/method.md §4): (C, d) -> (C, d) ``E_bar``; never writes."""
         self._check_text(text_emb)
         return aggregate(text_emb, self.cache)
 
     @torch.no_grad()
     def update_cache(self, tokens: torch.Tensor) -> None:
-        """Momentum write of tokens already in the embedding space (SPEC §3), in place.
+        """Momentum write of tokens already in the embedding space (docs/method.md §3), in place.
 
         Args:
             tokens: (..., d) tokens; all leading dims are flattened. Under ``torch.distributed``
@@ -179,7 +179,7 @@ class TextRefiner(nn.Module):
         return self.config.alpha * self.fuse(torch.cat([text, read], dim=-1)) + text
 
     def refine(self, text_emb: torch.Tensor, local_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """Refined class embeddings ``E_hat = alpha * fuse([E, E_bar]) + E`` (SPEC §4), un-normalised.
+        """Refined class embeddings ``E_hat = alpha * fuse([E, E_bar]) + E`` (docs/method.md §4), un-normalised.
 
         In training mode with ``local_tokens`` this is one full step: align the tokens, read the
         cache as it was before the step, then write the aligned tokens into it (and keep them in
@@ -215,7 +215,7 @@ class TextRefiner(nn.Module):
 
     @torch.no_grad()
     def bake(self, text_emb: torch.Tensor) -> torch.Tensor:
-        """Refined class embeddings for inference, computed once (SPEC §5).
+        """Refined class embeddings for inference, computed once (docs/method.md §5).
 
         Reads the frozen cache and never writes, whatever the mode; reuse the result for every
         test image, so the per-image cost is the host prompt learner's alone.
@@ -259,7 +259,7 @@ class TextRefiner(nn.Module):
         )
 
     def regularization_loss(self, refined: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """``mean |norm(E_hat) - E|`` (SPEC §6)."""
+        """``mean |norm(E_hat) - E|`` (docs/method.md §6)."""
         if refined.shape != text_emb.shape:
             raise ValueError(f"expected `refined` and `text_emb` of the same shape, got {tuple(refined.shape)} and {tuple(text_emb.shape)}")
         return regularization_loss(refined, text_emb.to(refined.dtype))

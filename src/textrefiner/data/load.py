@@ -3,7 +3,7 @@
 1. read the fixed train/val/test split (split file, label files or class folders);
 2. few-shot: ``shots`` per class from train, then ``min(shots, 4)`` per class from val, one
    ``random.Random(seed)`` stream (CoOp's picks; see sampling.py);
-3. keep the base or novel half of the classes and relabel (SPEC §7, splits.py);
+3. keep the base or novel half of the classes and relabel (docs/method.md §7, splits.py);
 4. class names as prompts use them (``_`` -> space, as CoOp's prompt learner does).
 """
 

@@ -1,4 +1,4 @@
-"""Train/val/test splits of an image folder, and the base/novel class split (SPEC §7).
+"""Train/val/test splits of an image folder, and the base/novel class split (docs/method.md §7).
 
 ``split_per_class`` is CoOp's ``DTD.read_and_split_data`` rule (per class: ``round(n·p_train)``
 train, ``round(n·p_val)`` val, the rest test), drawn from ``random.Random(seed)`` over the

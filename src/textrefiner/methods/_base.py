@@ -111,7 +111,7 @@ class TextClassifierMethod(Method):
     """A method whose classifier is one set of class text embeddings (CoOp, MaPLe).
 
     Subclasses set ``self.learner`` (with ``text_features()`` and ``set_classnames()``) and say
-    how images are encoded; the step, with or without TextRefiner, is shared (SPEC §4, §6):
+    how images are encoded; the step, with or without TextRefiner, is shared (docs/method.md §4, §6):
         E     = norm(text_features())                  # (C, d)
         E_hat = refiner.refine(E, local_tokens)         # read, then write
         loss  = CE(scale * norm(img) @ E_hat.T, y) + refiner.loss(E_hat, E, y, ...).total
@@ -144,7 +144,7 @@ class TextClassifierMethod(Method):
 
     @torch.no_grad()
     def prepare_eval(self, classnames: list[str] | None = None) -> None:
-        """Compute the (refined) class embeddings once for every test image (SPEC §5)."""
+        """Compute the (refined) class embeddings once for every test image (docs/method.md §5)."""
         if classnames is not None:
             self.learner.set_classnames(classnames)
         text = self.text_embeddings()

@@ -9,13 +9,13 @@ CoCoOp's class embeddings depend on the image, so the refiner works on B*C rows:
     logit = scale * norm(img_b) @ E_hat[b].T                   # (B, C)
     loss  = CE(logit, y) + w_sem * L_sem + w_reg * L_reg
 L_sem scores each image's k+2 aligned tokens against that image's own unrefined E[b]
-(the per-image form of SPEC §6); L_reg is SPEC's mean |norm(E_hat) - E| over all B*C rows.
+(the per-image form of docs/method.md §6); L_reg is the mean |norm(E_hat) - E| over all B*C rows.
 
 Inference cost, honestly: CoCoOp already runs the text tower for every (image, class) pair, so
 the refined embeddings cannot be baked once for all images. :meth:`CoCoOpMethod.eval_logits`
 bakes them per image with the frozen cache (``refiner.bake`` on the B*C rows): a read of M
 slots and one Linear(2d, d) per row, small next to the per-image text pass it refines, but not
-zero as it is for CoOp (SPEC §5 holds for the refiner's read relative to the host's own cost).
+zero as it is for CoOp (docs/method.md §5 holds for the refiner's read relative to the host's own cost).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def per_image_semantic_loss(
         scale: logit scale.
 
     Returns:
-        Scalar, averaged over the B*(k+2) tokens; equals SPEC §6's loss when every ``text[b]`` is the same.
+        Scalar, averaged over the B*(k+2) tokens; equals docs/method.md §6's loss when every ``text[b]`` is the same.
     """
     logits = scale * torch.einsum("bkd,bcd->bkc", selected, text.to(selected.dtype))  # (B, k+2, C)
     return F.cross_entropy(logits.flatten(0, 1), labels.repeat_interleave(selected.shape[1]))

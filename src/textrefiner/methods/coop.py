@@ -1,4 +1,4 @@
-"""CoOp (Zhou et al., IJCV 2022), with or without TextRefiner (SPEC §4, §6).
+"""CoOp (Zhou et al., IJCV 2022), with or without TextRefiner (docs/method.md §4, §6).
 
 Legend: B images, N patches, C classes, d joint embedding width.
 

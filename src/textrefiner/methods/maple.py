@@ -1,4 +1,4 @@
-"""MaPLe (Khattak et al., CVPR 2023), with or without TextRefiner (SPEC §4, §6).
+"""MaPLe (Khattak et al., CVPR 2023), with or without TextRefiner (docs/method.md §4, §6).
 
 Legend: B images, N patches, n vision prompt tokens, C classes, d joint embedding width.
 

@@ -1,4 +1,4 @@
-"""PromptKD (Li et al., CVPR 2024), with or without TextRefiner (SPEC §2, §6).
+"""PromptKD (Li et al., CVPR 2024), with or without TextRefiner (docs/method.md §2, §6).
 
 Legend: B images, N patches, C classes, d the student's joint width, D the teacher's.
 
@@ -9,7 +9,7 @@ TextRefiner refines the **teacher's** class text features with the **student's**
     E_hat = refiner.refine(E, student local tokens)          # (C, D); the tokens (B, N+1, d) come
                                                              # from the student's prompted forward
     s     = student_scale * norm(projector(student.image(x))) @ E_hat.T      # (B, C)
-    loss  = KD_W * KL(t || s) + KD_W/100 * L_sem(t) + KD_W/50 * L_reg        # SPEC §6, PromptKD
+    loss  = KD_W * KL(t || s) + KD_W/100 * L_sem(t) + KD_W/50 * L_reg        # docs/method.md §6, PromptKD
 L_sem is the KL variant: the k+2 selected aligned tokens scored against E, teacher logits as
 target. Labels are never used: unlabelled batches (labels -1) train alike. At evaluation the
 teacher's text features of the test classes are baked once; each image costs the student's
@@ -142,7 +142,7 @@ class PromptKDMethod(Method):
 
     @torch.no_grad()
     def prepare_eval(self, classnames: list[str] | None = None) -> None:
-        """Bake the teacher's (refined) text features of the test classes once (SPEC §5)."""
+        """Bake the teacher's (refined) text features of the test classes once (docs/method.md §5)."""
         names = self.classnames if classnames is None else list(classnames)
         text = teacher_text_features(self.teacher, self.teacher_tokenizer, names, self.template).to(self.teacher_text.device)
         self._classifier = text if self.refiner is None else self.refiner.bake(text)
