@@ -30,12 +30,30 @@ def _args(tiny_clip_dir, fake_data_root, out, *extra: str) -> list[str]:
     ]
 
 
-def test_schedule_is_constant_warmup_then_cosine():
-    cfg = RunConfig(dataset="x", root="r", output_dir="o", epochs=10, lr=0.002, warmup_epochs=1, warmup_lr=1e-5)
-    lrs = [0.002 * lr_factor(e, cfg) for e in range(10)]
-    assert lrs[0] == pytest.approx(1e-5)
-    for e in range(1, 10):  # Dassl: the cosine successor steps from epoch 1 of 10
-        assert lrs[e] == pytest.approx(0.001 * (1 + math.cos(math.pi * e / 10)))
+@pytest.mark.parametrize("epochs, lr", [(10, 0.002), (20, 0.005)])
+def test_schedule_is_the_release_warmup_then_recounted_cosine(epochs, lr):
+    """Dassl, WARMUP_RECOUNT=True: epoch 1 at 1e-5, 1-based epoch e >= 2 at lr*0.5*(1+cos(pi*(e-2)/E))."""
+    cfg = RunConfig(dataset="x", root="r", output_dir="o", epochs=epochs, lr=lr, warmup_epochs=1, warmup_lr=1e-5)
+    expected = [1e-5] + [lr * 0.5 * (1 + math.cos(math.pi * (e - 2) / epochs)) for e in range(2, epochs + 1)]
+    assert expected[1] == lr  # epoch 2 runs at the full lr
+    # the closed form ...
+    assert [lr * lr_factor(e - 1, cfg) for e in range(1, epochs + 1)] == pytest.approx(expected, rel=1e-12, abs=0)
+    # ... and the scheduler the engine steps once per epoch
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = engine.make_scheduler(optimizer, cfg)
+    seen = []
+    for _ in range(epochs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def test_schedule_with_two_warmup_epochs_recounts_after_both():
+    cfg = RunConfig(dataset="x", root="r", output_dir="o", epochs=10, lr=0.002, warmup_epochs=2, warmup_lr=1e-5)
+    assert [0.002 * lr_factor(e, cfg) for e in range(4)] == pytest.approx(
+        [1e-5, 1e-5, 0.002, 0.001 * (1 + math.cos(math.pi / 10))], rel=1e-12, abs=0
+    )
 
 
 def test_command_trains_evaluates_and_tabulates(tiny_clip_dir, fake_data_root, tmp_path, capsys):
