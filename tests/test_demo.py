@@ -22,11 +22,3 @@ def test_demo_command_runs_offline_and_says_it_is_a_smoke_run(tmp_path):
     for name in ("coop", "coop_textrefiner"):
         assert (tmp_path / "runs" / name / "seed1" / "results.json").is_file()
 
-
-def test_bare_command_defaults_to_the_demo(monkeypatch):
-    import textrefiner.cli as cli
-
-    ran = []
-    monkeypatch.setattr(cli, "cmd_demo", lambda args: ran.append(args.epochs) or 0)
-    assert cli.main([]) == 0
-    assert ran == [4]

@@ -5,6 +5,7 @@
     textrefiner eval --run-dir runs/coop_tr/eurosat/seed1
     textrefiner table runs/coop_tr/eurosat/seed*
     textrefiner demo            # everything offline: a tiny random CLIP and generated images
+    textrefiner                 # usage and the list of commands
 """
 
 from __future__ import annotations
@@ -22,38 +23,54 @@ SMOKE_BANNER = (
 )
 
 
-def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    from .engine import PRECISIONS
-    from .methods import METHODS
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default, except where the help already says it or there is none to show.
 
-    p.add_argument("--method", default="coop", choices=sorted(METHODS), help="prompt learner")
+    Flags that are off unless given (``store_true``) and options whose default is "not set"
+    (None) say in their own help what happens without them.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        if "default" in help or action.default in (None, False, argparse.SUPPRESS) or action.required:
+            return help
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return help
+        return help + " (default: %(default)s)"
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    # the names come from a torch-free module so that `--help` stays fast
+    from ._names import METHOD_NAMES, PRECISION_NAMES
+
+    p.add_argument("--method", default="coop", choices=METHOD_NAMES, help="prompt learner")
     p.add_argument("--textrefiner", action=argparse.BooleanOptionalAction, default=True, help="add TextRefiner (default: on)")
     p.add_argument("--model", default="openai/clip-vit-base-patch16", help="Hub id or local folder of a CLIP-family model")
     p.add_argument("--dataset", required=True, help="dataset name (see `textrefiner datasets`) or imagefolder")
     p.add_argument("--root", required=True, help="data folder in the CoOp layout")
-    p.add_argument("--shots", type=int, default=16, help="training images per class")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--shots", type=int, default=16, help="training images per class (0: all)")
+    p.add_argument("--seed", type=int, default=1, help="seeds few-shot sampling, initialisation and data order")
     p.add_argument("--subsample", default="base", choices=["base", "novel", "all"], help="classes to train on")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.002)
-    p.add_argument("--warmup-epochs", type=int, default=1)
-    p.add_argument("--warmup-lr", type=float, default=1e-5)
-    p.add_argument("--output-dir", required=True)
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=32, help="training images per step")
+    p.add_argument("--lr", type=float, default=0.002, help="SGD learning rate after the warm-up (cosine schedule)")
+    p.add_argument("--warmup-epochs", type=int, default=1, help="constant warm-up epochs at --warmup-lr")
+    p.add_argument("--warmup-lr", type=float, default=1e-5, help="learning rate during the warm-up")
+    p.add_argument("--output-dir", required=True, help="where weights, logs, checkpoint and results.json go")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto picks CUDA when available)")
-    p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--eval-datasets", nargs="*", default=[], help="cross-dataset / domain-generalisation targets")
+    p.add_argument("--precision", default="fp32", choices=PRECISION_NAMES, help="fp32, or bf16/fp16 autocast (fp16 with a gradient scaler)")
+    p.add_argument("--num-workers", type=int, default=2, help="data-loading worker processes (0: load in the main process)")
+    p.add_argument("--eval-datasets", nargs="*", default=[], help="cross-dataset / domain-generalisation targets (default: none)")
     p.add_argument("--n-ctx", type=int, default=None, help="context tokens (default: from --ctx-init, else 4)")
     p.add_argument("--ctx-init", default="a photo of a", help='context initialisation words; "" for random')
-    p.add_argument("--class-specific", action="store_true", help="CoOp: one context per class (CSC)")
-    p.add_argument("--teacher", default=None, help="PromptKD: teacher model id or folder")
+    p.add_argument("--class-specific", action="store_true", help="CoOp: one context per class (CSC, class-specific context)")
+    p.add_argument("--teacher", default=None, help="PromptKD: teacher model id or folder (default: none; required for promptkd)")
     p.add_argument("--unlabeled", action="store_true", help="PromptKD: distil on the train images of all classes, labels unused")
-    p.add_argument("--unlabeled-root", default=None, help="PromptKD: distil on every image under this folder (no labels needed)")
-    p.add_argument("--cache-size", type=int, default=None, help="TextRefiner cache slots (default 25)")
-    p.add_argument("--alpha", type=float, default=None, help="TextRefiner fuse weight (default 0.2)")
-    p.add_argument("--semantic-weight", type=float, default=None, help="lambda_1 (default 0.02)")
-    p.add_argument("--regularization-weight", type=float, default=None, help="lambda_2 (default 20)")
+    p.add_argument("--unlabeled-root", default=None, help="PromptKD: distil on every image under this folder, no labels needed (default: none)")
+    p.add_argument("--cache-size", type=int, default=None, help="TextRefiner cache slots M (default: 25)")
+    p.add_argument("--alpha", type=float, default=None, help="TextRefiner fuse weight alpha (default: 0.2)")
+    p.add_argument("--semantic-weight", type=float, default=None, help="lambda_1, weight of the semantic loss (default: 0.02)")
+    p.add_argument("--regularization-weight", type=float, default=None, help="lambda_2, weight of the regularisation loss (default: 20)")
     p.add_argument("--sync-batchnorm", action="store_true", help="SyncBatchNorm in the alignment MLP (multi-GPU DDP runs; GPU only)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 
@@ -213,37 +230,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole parser; building it imports no torch, so ``--help`` answers at once."""
     from ._version import __version__
 
-    parser = argparse.ArgumentParser(prog="textrefiner", description="TextRefiner prompt learning on Hugging Face CLIP models.")
+    parser = argparse.ArgumentParser(
+        prog="textrefiner", formatter_class=HelpFormatter,
+        description="TextRefiner prompt learning on Hugging Face CLIP models.",
+        epilog="Try `textrefiner demo` for an offline smoke run, or `textrefiner COMMAND --help` for a command's options. "
+        "The method: docs/method.md.",
+    )
     parser.add_argument("--version", action="version", version=f"textrefiner {__version__}")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a prompt learner (with or without TextRefiner) and evaluate it")
+    def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description, formatter_class=HelpFormatter)
+
+    p = add("train", "train a prompt learner (with or without TextRefiner) and evaluate it",
+            "Train a prompt learner on the few-shot base classes of a dataset with the reference recipe "
+            "(docs/method.md §7), select the best epoch on validation, and evaluate it on base and novel "
+            "classes (and on --eval-datasets). Writes run_config.json, weights, a checkpoint and results.json "
+            "to --output-dir.")
     _add_run_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a finished (or interrupted) run")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--root", default=None, help="data folder, if it moved since training")
-    p.add_argument("--device", default=None)
-    p.add_argument("--eval-datasets", nargs="*", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    p = add("eval", "evaluate a finished (or interrupted) run",
+            "Evaluate the selected weights of a run folder written by `textrefiner train` and rewrite its results.json.")
+    p.add_argument("--run-dir", required=True, help="the --output-dir of a `textrefiner train` run")
+    p.add_argument("--root", default=None, help="data folder, if it moved since training (default: the run's)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the run's)")
+    p.add_argument("--eval-datasets", nargs="*", default=None, help="cross-dataset targets (default: the run's)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("table", help="average results.json files over seeds into a Markdown + JSON table")
+    p = add("table", "average results.json files over seeds into a Markdown + JSON table",
+            "Average the results.json of several runs over seeds, one row per method and dataset, plus the "
+            "mean over datasets, and print it as a Markdown table. HM is the harmonic mean of base and novel "
+            "accuracy.")
     p.add_argument("runs", nargs="+", help="run folders or results.json files")
-    p.add_argument("--output", default=None, help="write OUTPUT.md and OUTPUT.json")
+    p.add_argument("--output", default=None, help="also write OUTPUT.md and OUTPUT.json (default: print only)")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("datasets", help="list the known datasets and their folder layout")
+    p = add("datasets", "list the known datasets and their folder layout",
+            "List the dataset names `train --dataset` accepts and the folder layout each expects under --root.")
     p.set_defaults(func=cmd_datasets)
 
-    p = sub.add_parser("demo", help="offline smoke run: tiny random CLIP, generated images, CoOp with and without TextRefiner")
-    p.add_argument("--work-dir", default=None, help="keep the generated model, data and runs here")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--methods", nargs="+", default=["coop"], help="methods to run (with and without TextRefiner)")
+    p = add("demo", "offline smoke run: tiny random CLIP, generated images, CoOp with and without TextRefiner",
+            "Run the whole pipeline offline on a tiny CLIP with random weights and generated images: train "
+            "with and without TextRefiner, evaluate, print the table. A smoke run of the code, not a result.")
+    p.add_argument("--work-dir", default=None, help="keep the generated model, data and runs here (default: a temporary folder)")
+    p.add_argument("--epochs", type=int, default=4, help="training epochs per run")
+    p.add_argument("--methods", nargs="+", default=["coop"], help="methods to run, each with and without TextRefiner (default: coop)")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -251,8 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["demo", *(argv or [])])
+    if args.command is None:  # bare `textrefiner`: say what there is (exit 2, as for any call that ran nothing)
+        parser.print_help()
+        return 2
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, TypeError) as err:

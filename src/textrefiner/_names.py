@@ -1,0 +1,8 @@
+"""Names the command line needs before anything heavy is imported (``--help`` loads no torch).
+
+The registries they mirror live next to the code (``engine.PRECISIONS``, ``methods.METHODS``);
+``tests/test_cli_help.py`` checks that the two agree.
+"""
+
+METHOD_NAMES = ("cocoop", "coop", "maple", "promptkd")  # sorted keys of textrefiner.methods.METHODS
+PRECISION_NAMES = ("bf16", "fp16", "fp32")  # sorted keys of textrefiner.engine.PRECISIONS

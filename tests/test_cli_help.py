@@ -1,0 +1,100 @@
+"""The command's help: fast (no torch), complete (help text and default for every option), and
+what a bare ``textrefiner`` does (prints usage, runs nothing)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from textrefiner.cli import build_parser, main
+
+COMMANDS = ("train", "eval", "table", "datasets", "demo")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_help_of_every_command_imports_no_torch():
+    # a fresh interpreter: the package, the parser and every --help must not load torch/transformers
+    code = (
+        "import sys\n"
+        "from textrefiner.cli import main\n"
+        f"for argv in [['--help'], *[[c, '--help'] for c in {COMMANDS!r}]]:\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (argv, e.code)\n"
+        "    heavy = [m for m in ('torch', 'transformers', 'safetensors') if m in sys.modules]\n"
+        "    assert not heavy, f'{argv} imported {heavy}'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")
+    assert done.stdout.count("usage: textrefiner") == 1 + len(COMMANDS)
+
+
+def test_every_command_has_a_description_and_is_listed():
+    parser = build_parser()
+    subs = _subparsers(parser)
+    assert set(subs) == set(COMMANDS)
+    top = parser.format_help()
+    for name, sub in subs.items():
+        assert sub.description and len(sub.description) > 30, name
+        assert name in top
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_option_has_help_and_shows_its_default(command):
+    sub = _subparsers(build_parser())[command]
+    formatter = sub._get_formatter()
+    for action in sub._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        name = "/".join(action.option_strings) or action.dest
+        assert action.help and action.help is not argparse.SUPPRESS, f"{command} {name}: no help text"
+        shown = formatter._get_help_string(action) % {**vars(action), "default": action.default}
+        takes_value = action.option_strings and action.nargs != 0
+        if takes_value and not action.required:  # a value option the user may leave out: say what it defaults to
+            assert "default" in shown, f"{command} {name}: help shows no default: {shown!r}"
+
+
+def test_known_defaults_are_in_the_rendered_help():
+    text = " ".join(_subparsers(build_parser())["train"].format_help().split())
+    for piece in ("--seed SEED seeds", "(default: 1)", "(default: 10)", "(default: 32)", "(default: 0.002)",
+                  "(default: 1e-05)", "(default: fp32)", "(default: 2)", "(default: auto)"):
+        assert piece in text, piece
+
+
+def test_bare_command_prints_usage_and_runs_nothing(monkeypatch, capsys):
+    import textrefiner.cli as cli
+
+    ran = []
+    for name in ("cmd_demo", "cmd_train"):
+        monkeypatch.setattr(cli, name, lambda args: ran.append(args) or 0)
+    assert cli.main([]) == 2  # a call that ran no command: the usage-error status, as for a missing argument
+    out = capsys.readouterr().out
+    assert out.startswith("usage: textrefiner")
+    assert all(c in out for c in COMMANDS) and "textrefiner demo" in out
+    assert ran == []
+
+
+def test_parser_names_match_the_registries():
+    from textrefiner._names import METHOD_NAMES, PRECISION_NAMES
+    from textrefiner.engine import PRECISIONS
+    from textrefiner.methods import METHODS
+
+    assert METHOD_NAMES == tuple(sorted(METHODS))
+    assert PRECISION_NAMES == tuple(sorted(PRECISIONS))
+
+
+def test_unknown_choice_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--dataset", "x", "--root", "r", "--output-dir", "o", "--precision", "fp8"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err
