@@ -141,7 +141,7 @@ def aggregate_results(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
     for r in results:
         groups[(r["method"], bool(r.get("textrefiner")), r["dataset"], r.get("protocol", "base2novel"))].append(r)
     rows = []
-    skip = {"method", "textrefiner", "dataset", "protocol", "seed", "shots"}
+    skip = {"method", "textrefiner", "dataset", "protocol", "seed", "shots", "selected_epoch"}
     for (method, tr, dataset, protocol), runs in groups.items():
         metrics = sorted({k for r in runs for k, v in r.items() if k not in skip and isinstance(v, (int, float))})
         row = {"method": method, "textrefiner": tr, "dataset": dataset, "protocol": protocol, "seeds": sorted(r["seed"] for r in runs)}

@@ -31,8 +31,11 @@ from .methods import METHODS, build_method
 from .methods._base import Method
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SELECTS = ("best-val", "last")  # model selection: the epoch with the best val accuracy, or the last one
+VAL_SPLITS = ("val", "test")
 RUN_CONFIG = "run_config.json"
 WEIGHTS = "method.safetensors"
+BEST = "best.safetensors"  # best-val: the whole method state of the best epoch so far
 RESULTS = "results.json"
 
 
@@ -67,8 +70,18 @@ class RunConfig:
     unlabeled: bool = False  # train on the dataset's train images of ALL classes, labels unused (PromptKD)
     unlabeled_root: str | None = None  # or on every image under this folder (implies `unlabeled`)
     progress: bool = True  # tqdm progress bars
+    # best-val: evaluate after every epoch and keep the first epoch with the strictly best val accuracy
+    # (the release's FINAL_MODEL best_val); last: the last epoch; auto: best-val unless subsample is all
+    select: str = "auto"
+    val_split: str = "val"  # what best-val scores: the few-shot val split (ImageNet: test), or the test split
 
     def __post_init__(self) -> None:
+        if self.select == "auto":  # base-to-novel keeps the best val epoch; cross-dataset runs test the last
+            self.select = "last" if self.subsample == "all" else "best-val"
+        if self.select not in SELECTS:
+            raise ValueError(f"`select` should be one of {', '.join(SELECTS)} (or auto), got {self.select!r}")
+        if self.val_split not in VAL_SPLITS:
+            raise ValueError(f"`val_split` should be one of {', '.join(VAL_SPLITS)}, got {self.val_split!r}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {sorted(METHODS)}")
         if self.precision not in PRECISIONS:
@@ -297,13 +310,37 @@ def _training_classnames(cfg: RunConfig) -> list[str]:
     return load_dataset(cfg.dataset, cfg.root, shots=0, seed=cfg.seed, subsample=subsample, check_files=False).classnames
 
 
+def _validation_split(cfg: RunConfig) -> tuple[list, list[str]]:
+    """The images best-val scores after each epoch, and their class names (the ``subsample`` classes).
+
+    CoOp's few-shot val (``min(shots, 4)`` per class, drawn after the training shots from the
+    same seed; ImageNet: its test split), or the test split with ``val_split="test"``.
+    """
+    from .data import load_dataset
+
+    shots = 0 if (cfg.unlabeled or cfg.unlabeled_root) else cfg.shots
+    data = load_dataset(cfg.dataset, cfg.root, shots=shots, seed=cfg.seed, subsample=cfg.subsample, allow_fewer=True)
+    items = data.test if cfg.val_split == "test" else data.val
+    if not items:
+        raise ValueError(f"--select best-val needs validation images, but {cfg.dataset} has an empty {cfg.val_split} split; pass --select last")
+    return items, data.classnames
+
+
+def _save_best(method: Method, path: Path, epoch: int, val_acc: float) -> None:
+    from ._io import atomic_save_file
+
+    atomic_save_file(dict(method.state_dict()), path, metadata={"epoch": str(epoch), "val_acc": repr(val_acc)})
+
+
 def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train ``cfg.method`` (with or without TextRefiner) and evaluate it; returns the results.
 
     Writes into ``cfg.output_dir``: ``run_config.json``, ``log.json`` (one record per epoch),
     ``checkpoint/`` (resumable, rewritten atomically each epoch), ``method.safetensors`` (the
     learned prompts and refiner), ``refiner/`` (``TextRefiner.from_pretrained``-loadable) and
-    ``results.json``.
+    ``results.json``. With ``select="best-val"`` it scores the val split after every epoch
+    (``val_acc`` in the log), keeps the best epoch's whole state (prompts, refiner weights,
+    BatchNorm statistics, cache) in ``best.safetensors``, and saves and tests that epoch.
     """
     from .data import ImageDataset, transforms_from_processor
 
@@ -316,6 +353,10 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     items, classnames = _training_items(cfg)
     method, processor = _build(cfg, device, classnames)
     train_set = ImageDataset(items, transforms_from_processor(processor, train=True), seed=cfg.seed)
+    val_set = val_classnames = None
+    if cfg.select == "best-val":
+        val_items, val_classnames = _validation_split(cfg)
+        val_set = ImageDataset(val_items, transforms_from_processor(processor, train=False))
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg)
@@ -324,9 +365,9 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     if ddp.enabled:
         ddp_method = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
 
-    start, log = 0, []
+    start, log, best = 0, [], {"epoch": 0, "val_acc": None}
     if resume:
-        start, log = _resume(out, cfg, method, optimizer, scheduler, scaler)
+        start, log, best = _resume(out, cfg, method, optimizer, scheduler, scaler)
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out)
@@ -342,12 +383,19 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\(\)` before")
             scheduler.step()
         record["seconds"] = time.perf_counter() - t0
+        if val_set is not None and ddp.main:
+            record["val_acc"] = evaluate(method, val_set, val_classnames, cfg, device, desc="val")
+            if val_classnames != classnames:  # back to the training classes (unlabelled PromptKD trains on all)
+                method.prepare_eval(classnames)
+            if best["val_acc"] is None or record["val_acc"] > best["val_acc"]:  # strictly better: the first best is kept
+                best = {"epoch": epoch + 1, "val_acc": record["val_acc"]}
+                _save_best(method, out / BEST, epoch + 1, record["val_acc"])
         log.append(record)
         if ddp.main:
             print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in record.items()}), flush=True)
             ckpt.save_checkpoint(
                 out / "checkpoint", weights=dict(method.state_dict()), optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                epoch=epoch + 1, extra={"log": log, "method": cfg.method, "model": cfg.model},
+                epoch=epoch + 1, extra={"log": log, "method": cfg.method, "model": cfg.model, "best": best},
             )
             (out / "log.json").write_text(json.dumps(log, indent=2) + "\n")
         ddp.barrier()
@@ -355,12 +403,17 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     ddp.check_replicas_agree(method)
     results: dict[str, Any] = {}
     if ddp.main:
-        from ._io import atomic_save_file
+        from ._io import atomic_save_file, load_state
+        from safetensors.torch import load_file
 
-        atomic_save_file(dict(method.state_dict()), out / WEIGHTS, metadata={"method": cfg.method})
+        selected = cfg.epochs
+        if cfg.select == "best-val":  # test (and save) the best epoch's state, cache and BN statistics included
+            load_state(method, {k: v.to(device) for k, v in load_file(str(out / BEST)).items()}, source=str(out / BEST))
+            selected = best["epoch"]
+        atomic_save_file(dict(method.state_dict()), out / WEIGHTS, metadata={"method": cfg.method, "epoch": str(selected)})
         if method.refiner is not None:
             method.refiner.save_pretrained(out / "refiner")
-        results = evaluate_run(cfg, method=method, device=device)
+        results = evaluate_run(cfg, method=method, device=device, selected_epoch=selected)
         (out / RESULTS).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     ddp.barrier()
     ddp.close()
@@ -368,9 +421,9 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     return results
 
 
-def _resume(out: Path, cfg: RunConfig, method, optimizer, scheduler, scaler) -> tuple[int, list]:
+def _resume(out: Path, cfg: RunConfig, method, optimizer, scheduler, scaler) -> tuple[int, list, dict[str, Any]]:
     saved = RunConfig.load(out)
-    for key in ("method", "model", "dataset", "textrefiner", "seed", "shots", "subsample"):
+    for key in ("method", "model", "dataset", "textrefiner", "seed", "shots", "subsample", "select", "val_split"):
         if getattr(saved, key) != getattr(cfg, key):
             raise ValueError(f"cannot resume {out}: it was run with {key}={getattr(saved, key)!r}, now {getattr(cfg, key)!r}")
     tensors, meta = ckpt.read_checkpoint(out / "checkpoint")
@@ -378,18 +431,40 @@ def _resume(out: Path, cfg: RunConfig, method, optimizer, scheduler, scaler) -> 
 
     load_state(method, ckpt.weights_of(tensors), source=str(out / "checkpoint"))
     ckpt.restore_training_state(tensors, meta, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-    return int(meta["epoch"]), list(meta.get("log", []))
+    best = meta.get("best") or {"epoch": 0, "val_acc": None}
+    if cfg.select == "best-val" and best["epoch"] and not (out / BEST).is_file():
+        raise FileNotFoundError(f"cannot resume {out}: its best epoch so far ({best['epoch']}) was kept in {BEST}, which is missing")
+    return int(meta["epoch"]), list(meta.get("log", [])), best
 
 
 def harmonic_mean(base: float, novel: float) -> float:
     return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
 
 
-def evaluate_run(cfg: RunConfig, *, method: Method | None = None, device: torch.device | None = None) -> dict[str, Any]:
+def _saved_weights(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], int | None]:
+    """The weights a run tests, and their epoch: the final ones, else (an unfinished run) the best or last epoch's."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    out = Path(cfg.output_dir)
+    for path in (out / WEIGHTS, out / BEST if cfg.select == "best-val" else None):
+        if path is not None and path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                epoch = (f.metadata() or {}).get("epoch")
+            return load_file(str(path)), int(epoch) if epoch is not None else None
+    tensors, meta = ckpt.read_checkpoint(out / "checkpoint")
+    return ckpt.weights_of(tensors), int(meta["epoch"])
+
+
+def evaluate_run(
+    cfg: RunConfig, *, method: Method | None = None, device: torch.device | None = None, selected_epoch: int | None = None
+) -> dict[str, Any]:
     """Accuracy on the test split(s) the protocol asks for.
 
     Trained on base classes: base and novel accuracy and their harmonic mean (docs/method.md §7).
     Trained on all classes: accuracy on the dataset's test split and on each ``eval_datasets``.
+    Without ``method``, the run's saved weights are tested: ``method.safetensors`` (the selected
+    epoch), else, for an unfinished run, ``best.safetensors`` (best-val) or the last checkpoint.
     """
     from .data import ImageDataset, load_dataset, transforms_from_processor
 
@@ -397,11 +472,9 @@ def evaluate_run(cfg: RunConfig, *, method: Method | None = None, device: torch.
     processor = None
     if method is None:
         method, processor = _build(cfg, device, _training_classnames(cfg))
-        tensors = ckpt.read_checkpoint(Path(cfg.output_dir) / "checkpoint")[0] if not (Path(cfg.output_dir) / WEIGHTS).is_file() else None
         from ._io import load_state
-        from safetensors.torch import load_file
 
-        weights = ckpt.weights_of(tensors) if tensors is not None else load_file(str(Path(cfg.output_dir) / WEIGHTS))
+        weights, selected_epoch = _saved_weights(cfg)
         load_state(method, {k: v.to(device) for k, v in weights.items()}, source=cfg.output_dir)
     if processor is None:
         from transformers import AutoImageProcessor
@@ -414,6 +487,7 @@ def evaluate_run(cfg: RunConfig, *, method: Method | None = None, device: torch.
         return evaluate(method, ImageDataset(split.test, transform), split.classnames, cfg, device, desc=f"{name}/{subsample}")
 
     results: dict[str, Any] = {"method": cfg.method, "textrefiner": cfg.textrefiner, "dataset": cfg.dataset, "seed": cfg.seed, "shots": cfg.shots}
+    results |= {"select": cfg.select, "selected_epoch": selected_epoch}
     if cfg.subsample == "base":
         base, novel = accuracy(cfg.dataset, "base"), accuracy(cfg.dataset, "novel")
         results |= {"protocol": "base2novel", "base": base, "novel": novel, "hm": harmonic_mean(base, novel)}
