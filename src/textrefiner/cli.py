@@ -56,6 +56,16 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=0.002, help="SGD learning rate after the warm-up (cosine schedule)")
     p.add_argument("--warmup-epochs", type=int, default=1, help="constant warm-up epochs at --warmup-lr")
     p.add_argument("--warmup-lr", type=float, default=1e-5, help="learning rate during the warm-up")
+    p.add_argument(
+        "--select", default="auto", choices=["auto", "best-val", "last"],
+        help="model selection: best-val scores the val split after every epoch and tests the first epoch with the best "
+        "accuracy (the release's base-to-novel choice); last tests the last epoch (cross-dataset); auto: best-val unless "
+        "--subsample all",
+    )
+    p.add_argument(
+        "--val-split", default="val", choices=["val", "test"],
+        help="what best-val scores: the few-shot val split (ImageNet's is its test split), or the test split (PromptKD's release)",
+    )
     p.add_argument("--output-dir", required=True, help="where weights, logs, checkpoint and results.json go")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto picks CUDA when available)")
     p.add_argument("--precision", default="fp32", choices=PRECISION_NAMES, help="fp32, or bf16/fp16 autocast (fp16 with a gradient scaler)")
@@ -96,7 +106,7 @@ def _run_config(args: argparse.Namespace):
         batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
         precision=args.precision, device=args.device, num_workers=args.num_workers, eval_datasets=args.eval_datasets,
         method_options=method_options, refiner_options=refiner, teacher=args.teacher, progress=not args.no_progress,
-        unlabeled=args.unlabeled, unlabeled_root=args.unlabeled_root,
+        unlabeled=args.unlabeled, unlabeled_root=args.unlabeled_root, select=args.select, val_split=args.val_split,
     )
 
 
