@@ -1,9 +1,10 @@
-"""The ``textrefiner`` command: train, eval, table, datasets and demo.
+"""The ``textrefiner`` command: train, eval, table, inspect, datasets and demo.
 
     textrefiner train --method coop --textrefiner --model openai/clip-vit-base-patch16 \\
         --dataset eurosat --root ~/data --shots 16 --seed 1 --output-dir runs/coop_tr/eurosat/seed1
     textrefiner eval --run-dir runs/coop_tr/eurosat/seed1
-    textrefiner table runs/coop_tr/eurosat/seed*
+    textrefiner table runs/coop_tr/eurosat/seed* --plot
+    textrefiner inspect runs/coop_tr/eurosat/seed1 --output-dir inspect/eurosat
     textrefiner demo            # everything offline: a tiny random CLIP and generated images
     textrefiner                 # usage and the list of commands
 """
@@ -221,6 +222,26 @@ def cmd_table(args: argparse.Namespace) -> int:
         out = Path(args.output)
         out.with_suffix(".md").write_text(table)
         out.with_suffix(".json").write_text(json.dumps(aggregate_results(results), indent=2, sort_keys=True) + "\n")
+    if args.plot is not None:
+        from .viz import plot_results, save
+
+        png = Path(args.plot or (Path(args.output).with_suffix(".png") if args.output else "table.png"))
+        print(f"wrote {save(plot_results(results), png)}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .viz import inspect_run
+
+    summary = inspect_run(
+        args.run_dir, args.output_dir, images=args.images, num_images=args.num_images, top_k=args.top_k,
+        device=args.device, root=args.root,
+    )
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    figures = summary["figures"]
+    pngs = [f for key in ("curves", "reads") if key in figures for f in [figures[key]]] + figures.get("slots", [])
+    print(f"wrote {len(pngs)} figures and {figures['index']}")
     return 0
 
 
@@ -279,7 +300,27 @@ def build_parser() -> argparse.ArgumentParser:
             "accuracy.")
     p.add_argument("runs", nargs="+", help="run folders or results.json files")
     p.add_argument("--output", default=None, help="also write OUTPUT.md and OUTPUT.json (default: print only)")
+    p.add_argument(
+        "--plot", nargs="?", const="", default=None, metavar="PNG",
+        help="also draw base / novel / HM per dataset as grouped bars, one bar per method, into PNG (default: no "
+        'plot; given without a value: OUTPUT.png, else table.png); needs matplotlib: pip install "textrefiner[plot]"',
+    )
     p.set_defaults(func=cmd_table)
+
+    p = add("inspect", "pictures of a finished run: cache slots on images, class -> slot reads, training curves",
+            "Write PNG figures, summary.json (the numbers behind them) and index.html for one run folder: its "
+            "training curves (log.json), every class's read weights over the cache slots (docs/method.md §4), and, "
+            "for a few images, which patches' aligned tokens land in each cache slot (§2, §3). "
+            'Needs matplotlib: pip install "textrefiner[plot]".')
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the --output-dir of a `textrefiner train` run")
+    p.add_argument("--output-dir", required=True, help="where the PNGs, summary.json and index.html go")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="show the first images of this folder (default: one test image each of evenly spread classes of the run's dataset)")
+    p.add_argument("--num-images", type=int, default=4, help="how many images get a cache-slot figure")
+    p.add_argument("--top-k", type=int, default=3, help="most-read slots marked per class")
+    p.add_argument("--root", default=None, help="data folder, if it moved since training (default: the run's)")
+    p.add_argument("--device", default="cpu", help="where to run the model: cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_inspect)
 
     p = add("datasets", "list the known datasets and their folder layout",
             "List the dataset names `train --dataset` accepts and the folder layout each expects under --root.")
@@ -303,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as err:
+    except (ValueError, FileNotFoundError, TypeError, ImportError) as err:
         print(f"textrefiner {args.command}: error: {err}", file=sys.stderr)
         return 2
 
