@@ -57,18 +57,32 @@ def maybe_bad_tokens(draw):
     return x.to(dtype) if dtype.is_floating_point else x.nan_to_num().clamp(-100, 100).to(dtype)
 
 
+def _well_formed_tokens(x: torch.Tensor) -> bool:
+    return x.is_floating_point() and x.ndim == 3 and x.shape[-1] == T and x.numel() > 0
+
+
 def _valid_tokens(x: torch.Tensor) -> bool:
-    return x.is_floating_point() and x.ndim == 3 and x.shape[-1] == T and x.numel() > 0 and bool(torch.isfinite(x).all())
+    return _well_formed_tokens(x) and bool(torch.isfinite(x).all())
 
 
-@given(maybe_bad_tokens())
-def test_generated_tokens_either_work_or_fail_clearly_without_changes(tokens):
-    refiner = TextRefiner(D, token_dim=T, cache_size=5).train()
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "deferred"])
+@given(tokens=maybe_bad_tokens())
+def test_generated_tokens_either_work_or_fail_clearly_without_changes(strict, tokens):
+    """Strict mode raises at once on any bad input; the default raises at once on bad shapes and
+    dtypes, and refuses non-finite values on the device, reporting them at ``check_writes``."""
+    refiner = TextRefiner(D, token_dim=T, cache_size=5, strict=strict).train()
     before = _snapshot(refiner)
     text = torch.randn(C, D)
     if _valid_tokens(tokens):
         refiner.refine(text, tokens)
         assert torch.isfinite(refiner.cache).all()
+        refiner.check_writes()  # nothing refused
+        return
+    if not strict and _well_formed_tokens(tokens):  # bad values only: refused on the device
+        refiner.refine(text, tokens)
+        assert _same(refiner, before)  # cache, BatchNorm statistics and weights untouched
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            refiner.check_writes()
         return
     with pytest.raises((ValueError, TypeError)) as err:
         refiner.refine(text, tokens)
@@ -90,7 +104,7 @@ def maybe_bad_text(draw):
 
 @given(maybe_bad_text())
 def test_generated_text_either_works_or_fails_clearly_without_changes(text):
-    refiner = TextRefiner(D, token_dim=T, cache_size=5).train()
+    refiner = TextRefiner(D, token_dim=T, cache_size=5, strict=True).train()  # values checked eagerly
     before = _snapshot(refiner)
     ok = text.is_floating_point() and text.ndim == 2 and text.shape[-1] == D and text.numel() > 0 and bool(torch.isfinite(text).all())
     for call in (lambda: refiner.refine(text, torch.randn(2, 5, T)), lambda: refiner.bake(text), lambda: refiner.aggregate(text)):

@@ -103,7 +103,8 @@ def test_refiner_writes_the_cache_once_per_step_over_all_rows(monkeypatch):
     assert set(out.parts) == {"cls", "semantic", "regularization"}
     # the loss is CE + w_sem * L_sem (per image, unrefined text) + w_reg * L_reg
     c = refiner.config
-    expected = out.parts["cls"] + c.semantic_weight * out.parts["semantic"] + c.regularization_weight * out.parts["regularization"]
+    parts = {k: v.item() for k, v in out.parts.items()}  # scalar tensors: the engine reads them when it logs
+    expected = parts["cls"] + c.semantic_weight * parts["semantic"] + c.regularization_weight * parts["regularization"]
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
     selected = select_tokens(refiner.aligned_tokens, refiner.cls_attention, c.top_k)
     assert selected.shape == (3, c.top_k + 2, D)

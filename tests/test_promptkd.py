@@ -88,7 +88,8 @@ def test_refiner_refines_teacher_text_with_student_tokens():
     assert refiner.local_tokens.shape == (4, N + 1, D_STUDENT)  # the prompt tokens sliced off
     assert refiner.cls_attention.shape == (4, N)
     assert refiner.aligned_tokens.shape == (4, N + 1, D_TEACHER)
-    expected = 2.0 * out.parts["kd"] + 2.0 / 100 * out.parts["semantic"] + 2.0 / 50 * out.parts["regularization"]
+    parts = {k: v.item() for k, v in out.parts.items()}  # scalar tensors: the engine reads them when it logs
+    expected = 2.0 * parts["kd"] + 2.0 / 100 * parts["semantic"] + 2.0 / 50 * parts["regularization"]
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
     # the semantic loss is the KL variant: the teacher's logits are its target
     from textrefiner.losses import select_tokens, semantic_loss
@@ -96,7 +97,7 @@ def test_refiner_refines_teacher_text_with_student_tokens():
     with torch.no_grad():
         selected = select_tokens(refiner.aligned_tokens, refiner.cls_attention, refiner.config.top_k)
         sem = semantic_loss(selected, m.teacher_text, m.teacher_logits(x), logit_scale=m.model.logit_scale.exp())
-    assert out.parts["semantic"] == pytest.approx(sem.item(), rel=1e-5)
+    assert parts["semantic"] == pytest.approx(sem.item(), rel=1e-5)
 
 
 def test_user_refiner_options_override_the_promptkd_weights():

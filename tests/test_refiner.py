@@ -129,14 +129,47 @@ def test_bake_never_writes_even_in_training_mode():
     assert torch.equal(before, refiner.cache)
 
 
-@pytest.mark.parametrize("convert", [lambda m: m.half(), lambda m: m.bfloat16(), lambda m: m.to(torch.float64), lambda m: m.to("cpu", torch.float16)])
-def test_cache_stays_float32(convert):
+@pytest.mark.parametrize("convert", [lambda m: m.half(), lambda m: m.bfloat16(), lambda m: m.to("cpu", torch.float16)])
+def test_cache_stays_float32_under_half_precision(convert):
     refiner = _refiner()
     before = refiner.cache.clone()
     convert(refiner)
     assert refiner.cache.dtype == torch.float32
     assert torch.equal(refiner.cache, before)  # no precision lost in a round trip
     assert refiner.fuse.weight.dtype != torch.float32
+
+
+@pytest.mark.parametrize("convert", [lambda m: m.double(), lambda m: m.to(torch.float64)])
+def test_double_makes_the_cache_float64_and_float_brings_it_back(convert):
+    refiner = _refiner()
+    before = refiner.cache.clone()
+    convert(refiner)
+    assert refiner.cache.dtype == torch.float64 and torch.equal(refiner.cache, before.double())
+    refiner.float()
+    assert refiner.cache.dtype == torch.float32 and torch.equal(refiner.cache, before)
+    assert TextRefiner(D, dtype=torch.float64).cache.dtype == torch.float64
+    assert TextRefiner(D, dtype=torch.bfloat16).cache.dtype == torch.float32
+
+
+def test_float64_refiner_computes_the_write_in_float64():
+    """A float64 user (gradcheck, exact comparisons) gets float64 answers from every cache computation."""
+    from _reference import reference_cache_write
+
+    refiner = _refiner().double().train()
+    text, tokens = _inputs()
+    start = refiner.cache.clone()
+    tokens = tokens.double()
+    refined = refiner.refine(text.double(), tokens)
+    assert refined.dtype == torch.float64 and refiner.cache.dtype == torch.float64
+    # the write of the aligned tokens, re-derived in float64: float32 arithmetic would miss by ~1e-7
+    expected = reference_cache_write(start, refiner.aligned_tokens.detach(), refiner.config.momentum)
+    torch.testing.assert_close(refiner.cache, expected, atol=1e-12, rtol=0)
+    tiny = torch.randn(4, D, dtype=torch.float64) * 1e-200  # representable in float64, zero in float32
+    before = refiner.cache.clone()
+    refiner.update_cache(tiny)
+    # only the direction matters (step 1): in float64 the tiny tokens write like their 1e200-fold copies
+    torch.testing.assert_close(refiner.cache, reference_cache_write(before, tiny * 1e200, refiner.config.momentum), atol=1e-12, rtol=0)
+    assert not torch.allclose(refiner.cache, before, atol=1e-3)  # the tiny tokens did move the slots
 
 
 def test_autocast_bf16_keeps_the_cache_float32_and_unit():
@@ -264,7 +297,7 @@ BAD_TOKENS = {
 @pytest.mark.parametrize("case", list(BAD_TEXT))
 def test_bad_text_is_refused_and_nothing_changes(case):
     bad, error, message = BAD_TEXT[case]
-    refiner = _refiner().train()
+    refiner = _refiner(strict=True).train()  # values are checked eagerly only in strict mode
     state = {k: v.clone() for k, v in refiner.state_dict().items()}
     for call in (lambda: refiner.refine(bad, torch.randn(B, N + 1, T_DIM)), lambda: refiner.aggregate(bad), lambda: refiner.bake(bad)):
         with pytest.raises(error, match=message):
@@ -275,15 +308,41 @@ def test_bad_text_is_refused_and_nothing_changes(case):
 @pytest.mark.parametrize("case", list(BAD_TOKENS))
 def test_bad_tokens_are_refused_and_nothing_changes(case):
     bad, error, message = BAD_TOKENS[case]
-    refiner = _refiner().train()
+    refiner = _refiner(strict=True).train()
     state = {k: v.clone() for k, v in refiner.state_dict().items()}
     with pytest.raises(error, match=message):
         refiner.refine(torch.randn(C, D), bad)
     assert all(torch.equal(v, refiner.state_dict()[k]) for k, v in state.items())  # cache and BN stats untouched
 
 
+@pytest.mark.parametrize("case", ["nan", "inf"])
+def test_non_finite_tokens_are_refused_on_the_device_and_reported_later(case):
+    """Default (non-strict) mode: no raise, no host sync; the write is refused and counted, check_writes raises."""
+    bad = BAD_TOKENS[case][0]
+    refiner = _refiner().train()
+    state = {k: v.clone() for k, v in refiner.state_dict().items()}
+    refiner.refine(torch.randn(C, D), bad)  # no error here
+    assert all(torch.equal(v, refiner.state_dict()[k]) for k, v in state.items())  # cache and BN stats untouched
+    assert int(refiner.refused_writes) == 1
+    refiner.refine(torch.randn(C, D), torch.randn(B, N + 1, T_DIM))  # a good step still writes
+    assert not torch.equal(refiner.cache, state["cache"]) and int(refiner.refused_writes) == 1
+    with pytest.raises(ValueError, match=r"1 cache write\(s\) produced NaN or Inf .* were refused"):
+        refiner.check_writes()
+    refiner.check_writes()  # the count was reset: nothing more to report
+    refiner.update_cache(torch.full((4, D), float("nan")))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        refiner.check_writes()
+
+
+def test_strict_mode_follows_the_environment(monkeypatch):
+    monkeypatch.setenv("TEXTREFINER_STRICT", "1")
+    assert _refiner().strict and not _refiner(strict=False).strict
+    monkeypatch.setenv("TEXTREFINER_STRICT", "0")
+    assert not _refiner().strict and _refiner(strict=True).strict
+
+
 def test_bad_cache_writes_are_refused():
-    refiner = _refiner()
+    refiner = _refiner(strict=True)
     before = refiner.cache.clone()
     for bad, error in [(torch.randn(4, D + 1), ValueError), (torch.zeros(4, D, dtype=torch.int64), TypeError), (torch.full((4, D), float("nan")), ValueError), (torch.randn(0, D), ValueError)]:
         with pytest.raises(error):

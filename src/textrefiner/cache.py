@@ -2,11 +2,15 @@
 
 Legend: T tokens (all images' tokens flattened), M slots, d embedding width.
 
-The write is fully vectorised: one (T, M) score matmul, one argmax, one scatter-add.
+The write is fully vectorised: one (T, M) score matmul, one argmax, one (M, T) @ (T, d+1)
+matmul with the one-hot slot assignment that sums the weighted tokens and counts the hits
+together. A matmul, unlike ``index_add_`` / ``bincount`` (float atomics on CUDA, and a host
+sync for CUDA's ``bincount``), is deterministic and never waits for the host.
 Step 4 of the rule, ``softmax_t(s[:, j])_t / max_t' softmax_t'(s[:, j])``, equals
 ``exp(s[t, j] - max_t' s[t', j])`` exactly: the softmax's normaliser cancels. That form
 needs only a per-slot maximum over tokens, which is also what makes the write reduce
-cleanly across data-parallel ranks (a MAX then two SUMs).
+cleanly across data-parallel ranks (one MAX, then one SUM of the (M, d+1) sums and counts).
+Every computation runs in the cache's dtype (float32, or float64 for a float64 cache).
 """
 
 from __future__ import annotations
@@ -51,28 +55,33 @@ def cache_write(
             group with more than one rank is initialised.
 
     Returns:
-        (M, d) float32 tensor with unit rows.
+        (M, d) tensor with unit rows, in the cache's dtype when it is at least float32, else float32.
     """
     sync = _distributed() if sync is None else sync
-    slots = cache.float()  # (M, d)
-    flat = tokens.reshape(-1, tokens.shape[-1]).float()  # (T, d)
+    dtype = torch.promote_types(cache.dtype, torch.float32)
+    slots = cache.to(dtype)  # (M, d)
+    m, d = slots.shape
+    flat = tokens.reshape(-1, tokens.shape[-1]).to(dtype)  # (T, d)
     # divide each token by its largest entry first, so its squared norm can neither overflow nor
     # underflow float32 (bf16 tokens can reach 3e38); the direction is unchanged
-    # (large temporaries cost page faults on CPU: the only (T, d) allocation of the write is `v`)
+    # (large temporaries cost page faults on CPU: the only (T, d+1) allocation of the write is `v`)
     peak = torch.maximum(flat.amax(dim=-1, keepdim=True), -flat.amin(dim=-1, keepdim=True))  # (T, 1) max |x|
-    v = flat / peak.clamp_min(torch.finfo(torch.float32).tiny)  # (T, d), normalised in place below
-    v /= torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-12)  # step 1, as F.normalize
-    scores = v @ slots.T  # (T, M) step 2
+    v = flat.new_empty(flat.shape[0], d + 1)  # (T, d+1): the token, then a 1 that counts it
+    torch.div(flat, peak.clamp_min(torch.finfo(dtype).tiny), out=v[:, :d])
+    v[:, :d] /= torch.linalg.vector_norm(v[:, :d], dim=-1, keepdim=True).clamp_min(1e-12)  # step 1, as F.normalize
+    scores = v[:, :d] @ slots.T  # (T, M) step 2
     best, slot = scores.max(dim=1)  # (T,), (T,) step 3: each token's slot and score there
-    col_max = scores.amax(dim=0) if scores.shape[0] else scores.new_full((slots.shape[0],), -torch.inf)  # (M,)
+    col_max = scores.amax(dim=0) if scores.shape[0] else scores.new_full((m,), -torch.inf)  # (M,)
     if sync:
         dist.all_reduce(col_max, op=dist.ReduceOp.MAX)
-    weight = torch.exp(best - col_max[slot])  # (T,) step 4, max over ALL tokens of the slot
-    summed = torch.zeros_like(slots).index_add_(0, slot, v.mul_(weight[:, None]))  # (M, d); v is done with
-    hits = torch.bincount(slot, minlength=slots.shape[0]).to(slots.dtype)  # (M,)
+    onehot = (slot[:, None] == torch.arange(m, device=slot.device)).to(dtype)  # (T, M)
+    weight = torch.exp(best - col_max[slot])  # (T,) step 4, max over ALL tokens of the slot (a gather: no sync)
+    v[:, :d] *= weight[:, None]
+    v[:, d] = 1.0
+    stats = onehot.T @ v  # (M, d+1): weighted token sums, then hit counts
     if sync:
-        dist.all_reduce(summed)
-        dist.all_reduce(hits)
+        dist.all_reduce(stats)  # one SUM for both
+    summed, hits = stats[:, :d], stats[:, d]  # (M, d), (M,)
     written = momentum * slots + (1.0 - momentum) * summed  # step 5
     updated = torch.where(hits[:, None] > 0, written, slots)  # untouched slots keep their value
     return F.normalize(updated, dim=-1)  # step 6

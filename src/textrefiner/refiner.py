@@ -9,12 +9,21 @@ One training step, in order (docs/method.md §2–§4):
     A       = write(A, aligned)                    # momentum write, no gradient
 At inference ``E_hat`` depends only on E and the frozen cache, so :meth:`TextRefiner.bake`
 computes it once for all test images (docs/method.md §5).
+
+A training step makes no host sync (nothing waits for the GPU): shapes, dtypes and devices
+are checked eagerly (free), but values are not. A write whose result is not finite is refused
+on the device (``where(all finite, new, old)`` for the cache and the alignment's BatchNorm
+statistics) and counted in :attr:`TextRefiner.refused_writes`; :meth:`TextRefiner.check_writes`
+(which the training engine calls whenever it logs) raises the clear error. ``strict=True``, or
+the environment variable ``TEXTREFINER_STRICT=1``, checks values eagerly instead and raises at
+once, at the price of two host syncs per step.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -26,6 +35,19 @@ from .alignment import FeatureAlignment
 from .cache import cache_write, init_cache
 from .config import TextRefinerConfig
 from .losses import regularization_loss, select_tokens, semantic_loss
+
+STRICT_ENV = "TEXTREFINER_STRICT"
+
+
+def _strict_from_env() -> bool:
+    return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cache_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    """The cache's dtype for parameters of ``dtype``: at least float32 (float64 stays float64)."""
+    if dtype is None or not dtype.is_floating_point:
+        return torch.float32
+    return torch.promote_types(dtype, torch.float32)
 
 
 class RefinerLoss(NamedTuple):
@@ -49,12 +71,17 @@ class TextRefiner(nn.Module):
         semantic_weight: lambda_1.
         regularization_weight: lambda_2.
         sync_batchnorm: use SyncBatchNorm in the alignment MLP (data-parallel training).
+        strict: check input values (NaN/Inf) eagerly and raise at once, at the cost of host
+            syncs; ``None`` reads the environment variable ``TEXTREFINER_STRICT``. Otherwise bad
+            values are refused on the device and reported by :meth:`check_writes`.
         device: where parameters and cache live.
-        dtype: parameter dtype; the cache is always float32.
+        dtype: parameter dtype; the cache is at least float32 (float64 with float64 parameters).
         **config_kwargs: further :class:`TextRefinerConfig` fields.
 
     Attributes:
-        cache: (M, d) float32 buffer with unit rows; state, never trained.
+        cache: (M, d) buffer with unit rows, float32 (float64 when the module is); state, never trained.
+        refused_writes: () int64 buffer on the cache's device, counting writes refused since the
+            last :meth:`check_writes` because their result was not finite (not saved).
         alignment: the two-layer alignment MLP (t -> d -> d).
         fuse: ``Linear(2d, d, bias=False)``.
         local_tokens: (B, N+1, t) tokens captured by :func:`textrefiner.attach`, or None.
@@ -74,6 +101,7 @@ class TextRefiner(nn.Module):
         semantic_weight: float = 0.02,
         regularization_weight: float = 20.0,
         sync_batchnorm: bool = False,
+        strict: bool | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         **config_kwargs: Any,
@@ -97,7 +125,9 @@ class TextRefiner(nn.Module):
         d = config.embed_dim
         self.alignment = FeatureAlignment(config.token_dim, d, sync_batchnorm=sync_batchnorm, device=device, dtype=dtype)
         self.fuse = nn.Linear(2 * d, d, bias=False, device=device, dtype=dtype)
-        self.register_buffer("cache", init_cache(config.cache_size, d, device=device))
+        self.strict = _strict_from_env() if strict is None else bool(strict)
+        self.register_buffer("cache", init_cache(config.cache_size, d, device=device).to(cache_dtype(dtype)))
+        self.register_buffer("refused_writes", torch.zeros((), dtype=torch.long, device=device), persistent=False)
         self.local_tokens: torch.Tensor | None = None
         self.cls_attention: torch.Tensor | None = None
         self.aligned_tokens: torch.Tensor | None = None
@@ -120,25 +150,26 @@ class TextRefiner(nn.Module):
         c = self.config
         return f"embed_dim={c.embed_dim}, token_dim={c.token_dim}, cache_size={c.cache_size}, alpha={c.alpha}, momentum={c.momentum}"
 
-    # The cache stays float32 whatever `.to(dtype)`, `.half()` or `.bfloat16()` does to the module.
+    # The cache is at least float32: `.half()` / `.bfloat16()` keep it float32, `.double()` makes
+    # it float64 (and every cache computation then runs in float64), `.float()` float32.
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         cache = self._buffers.pop("cache")
         try:
             super()._apply(fn, recurse)
         finally:
-            device = fn(cache.new_empty(0)).device
-            self._buffers["cache"] = cache.to(device=device, dtype=torch.float32)
+            probe = fn(cache.new_empty(0))
+            self._buffers["cache"] = cache.to(device=probe.device, dtype=cache_dtype(probe.dtype))
         return self
 
     # ------------------------------------------------------------------ checks
     def _check_text(self, text_emb: torch.Tensor, name: str = "text_emb") -> torch.Tensor:
         d = self.embed_dim
-        check_tensor(text_emb, name, shape=f"(C, {d})", ndim=2, width=d, device=self.cache.device)
+        check_tensor(text_emb, name, shape=f"(C, {d})", ndim=2, width=d, device=self.cache.device, finite=self.strict)
         return text_emb
 
     def _check_tokens(self, tokens: torch.Tensor, width: int, name: str, ndim: int | None = None) -> torch.Tensor:
         shape = f"(B, N+1, {width})" if ndim == 3 else f"(..., {width})"
-        return check_tensor(tokens, name, shape=shape, ndim=ndim, width=width, device=self.cache.device)
+        return check_tensor(tokens, name, shape=shape, ndim=ndim, width=width, device=self.cache.device, finite=self.strict)
 
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs take the parameters' dtype, except under autocast, which picks its own."""
@@ -164,14 +195,65 @@ class TextRefiner(nn.Module):
                 every rank ends with the cache of the joined batch.
 
         Raises:
-            TypeError, ValueError: bad tokens; the cache is then exactly as before.
+            TypeError, ValueError: bad tokens; the cache is then exactly as before. Non-finite
+                values raise here only when ``strict``; otherwise the write is refused on the
+                device and :meth:`check_writes` raises.
         """
         self._check_tokens(tokens, self.embed_dim, "tokens")
-        with torch.autocast(tokens.device.type, enabled=False):
-            updated = cache_write(self.cache, tokens, self.config.momentum)
-        if not bool(torch.isfinite(updated).all()):
-            raise ValueError("the cache write produced NaN or Inf (tokens of zero norm?); cache left unchanged")
-        self.cache.copy_(updated)
+        self._write(tokens)
+
+    def _write(self, tokens: torch.Tensor, norm_state: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
+        """Write ``tokens`` into the cache and each ``(buffer, new value)`` of ``norm_state``, or
+        refuse the whole write, everything left as it was, when its result is not finite."""
+        with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False):
+            updated = cache_write(self.cache, tokens, self.config.momentum)  # in the cache's dtype
+            ok = torch.isfinite(updated).all()  # () bool, stays on the device
+            if self.strict:
+                if not bool(ok):  # the one host sync of strict mode's write
+                    raise ValueError("the cache write produced NaN or Inf (tokens of zero norm?); cache left unchanged")
+                self.cache.copy_(updated)
+                for buffer, new in norm_state:
+                    buffer.copy_(new)
+                return
+            self.cache.copy_(torch.where(ok, updated, self.cache))
+            for buffer, new in norm_state:  # the alignment's BatchNorm statistics saw the same tokens
+                buffer.copy_(torch.where(ok, new, buffer))
+            self.refused_writes.add_(ok.logical_not().to(self.refused_writes.dtype))
+
+    def _align_for_write(self, local_tokens: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """:meth:`align`, with the BatchNorm statistics updated on copies; returns (aligned, [(buffer, copy)]).
+
+        The step's write then commits the copies with the cache, or neither. (Copies rather than
+        an undo: the BatchNorm backward holds the statistics it saw, so they must not change in place.)
+        """
+        norm = self.alignment.norm
+        if not norm.training:
+            return self.align(local_tokens), []
+        saved = {name: b for name, b in norm._buffers.items() if b is not None}
+        for name, b in saved.items():
+            norm._buffers[name] = b.clone()
+        try:
+            aligned = self.align(local_tokens)
+        finally:
+            pending = [(b, norm._buffers[name]) for name, b in saved.items()]
+            norm._buffers.update(saved)
+        return aligned, pending
+
+    def check_writes(self) -> None:
+        """Raise if cache writes were refused since the last call (one host sync; call it when logging).
+
+        Raises:
+            ValueError: some write produced NaN or Inf, e.g. from non-finite local tokens. The
+                cache and BatchNorm statistics kept their previous values; the count is reset.
+        """
+        refused = int(self.refused_writes)
+        if refused:
+            self.refused_writes.zero_()
+            raise ValueError(
+                f"{refused} cache write(s) produced NaN or Inf (non-finite local tokens or text, or tokens of zero norm?) and "
+                f"were refused: the cache and the alignment's BatchNorm statistics kept their previous values. "
+                f"Set {STRICT_ENV}=1 (or TextRefiner(strict=True)) to raise at the step that produced them."
+            )
 
     def _refine(self, text_emb: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
         text = self._cast(text_emb)
@@ -194,7 +276,8 @@ class TextRefiner(nn.Module):
             the semantic loss, the alignment MLP; never the cache.
 
         Raises:
-            TypeError, ValueError: bad shapes, widths, dtypes, devices or non-finite values.
+            TypeError, ValueError: bad shapes, widths, dtypes or devices; non-finite values only
+                when ``strict`` (otherwise the write is refused and :meth:`check_writes` raises).
         """
         self._check_text(text_emb)
         if not (self.training and local_tokens is not None):
@@ -203,9 +286,9 @@ class TextRefiner(nn.Module):
         self._check_tokens(local_tokens, self.token_dim, "local_tokens", ndim=3)
         if local_tokens.is_inference():  # captured under torch.inference_mode(): autograd cannot save it
             local_tokens = local_tokens.clone()
-        aligned = self.align(local_tokens)  # (B, N+1, d)
+        aligned, norm_state = self._align_for_write(local_tokens)  # (B, N+1, d)
         refined = self._refine(text_emb, self.cache.clone())  # read before write; the clone keeps autograd valid
-        self.update_cache(aligned.detach())
+        self._write(aligned.detach(), norm_state)
         self.aligned_tokens = aligned
         return refined
 

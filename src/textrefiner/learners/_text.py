@@ -224,9 +224,7 @@ class PromptedTextEncoder(nn.Module):
     @property
     def seq_len(self) -> int:
         """Tokens the tower runs per prompt: the longest EOS + 1 when truncating, else the full length."""
-        if self.truncate and self.layout.can_truncate:
-            return int(self.pool_index.max()) + 1
-        return self.input_ids.shape[1]
+        return self._seq_len  # computed once per set of prompts, in set_classnames: no host sync per step
 
     # ---- prompts -------------------------------------------------------------------------
 
@@ -241,6 +239,8 @@ class PromptedTextEncoder(nn.Module):
             raise ValueError(f"expected `classnames` to be a non-empty list of str, got {classnames!r}")
         prompts = self._tokenize(list(classnames))
         device = self.parts.token_embedding.weight.device  # where the tower runs
+        truncated = self.truncate and self.layout.can_truncate
+        self._seq_len = int(prompts.pool_index.max()) + 1 if truncated else prompts.input_ids.shape[1]  # on CPU: free
         for name, value in prompts.__dict__.items():
             self.register_buffer(name, value.to(device), persistent=False)
         self.classnames = list(classnames)

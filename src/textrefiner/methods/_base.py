@@ -29,7 +29,10 @@ class StepOutput:
 
     loss: torch.Tensor  # scalar to back-propagate
     logits: torch.Tensor  # (B, C) classification logits
-    parts: dict[str, float] = field(default_factory=dict)  # named loss terms, detached, for logs
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # named scalar loss terms, detached, for logs
+
+    # Everything stays on the device: reading a number here would make the host wait for the GPU
+    # at every step. The engine turns them into numbers once per log interval (``--log-every``).
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -134,12 +137,12 @@ class TextClassifierMethod(Method):
         if self.refiner is None:
             logits = cosine_logits(scale, images, text)
             loss = F.cross_entropy(logits, labels)
-            return StepOutput(loss, logits, {"cls": loss.item()})
+            return StepOutput(loss, logits, {"cls": loss.detach()})
         refined = self.refiner.refine(text, self.refiner.local_tokens)  # (C, d), un-normalised
         logits = cosine_logits(scale, images, refined)
         cls = F.cross_entropy(logits, labels)
         aux = self.refiner.loss(refined, text, labels, logit_scale=scale, cls_attention=self.refiner.cls_attention)
-        parts = {"cls": cls.item(), "semantic": aux.semantic.item(), "regularization": aux.regularization.item()}
+        parts = {"cls": cls.detach(), "semantic": aux.semantic.detach(), "regularization": aux.regularization.detach()}
         return StepOutput(cls + aux.total, logits, parts)
 
     @torch.no_grad()

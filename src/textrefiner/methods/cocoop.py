@@ -93,7 +93,7 @@ class CoCoOpMethod(Method):
         if self.refiner is None:
             logits = scale * torch.einsum("bd,bcd->bc", image.to(text.dtype), text)
             loss = F.cross_entropy(logits, labels)
-            return StepOutput(loss, logits, {"cls": loss.item()})
+            return StepOutput(loss, logits, {"cls": loss.detach()})
         b, c, d = text.shape
         flat = text.reshape(b * c, d)
         refined = self.refiner.refine(flat, self.refiner.local_tokens)  # (B*C, d): one read, one write
@@ -104,7 +104,7 @@ class CoCoOpMethod(Method):
         reg = self.refiner.regularization_loss(refined, flat)
         config = self.refiner.config
         loss = cls + config.semantic_weight * sem + config.regularization_weight * reg
-        return StepOutput(loss, logits, {"cls": cls.item(), "semantic": sem.item(), "regularization": reg.item()})
+        return StepOutput(loss, logits, {"cls": cls.detach(), "semantic": sem.detach(), "regularization": reg.detach()})
 
     @torch.no_grad()
     def prepare_eval(self, classnames: list[str] | None = None) -> None:

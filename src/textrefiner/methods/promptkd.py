@@ -132,12 +132,12 @@ class PromptKDMethod(Method):
         if self.refiner is None:
             logits = cosine_logits(scale, student, text)
             kd = kl_to_teacher(logits.float(), target, self.temperature)
-            return StepOutput(self.kd_weight * kd, logits, {"kd": kd.item()})
+            return StepOutput(self.kd_weight * kd, logits, {"kd": kd.detach()})
         refined = self.refiner.refine(text, self.refiner.local_tokens)  # (C, D), un-normalised
         logits = cosine_logits(scale, student, refined)
         kd = kl_to_teacher(logits.float(), target, self.temperature)
         aux = self.refiner.loss(refined, text, target, logit_scale=scale, cls_attention=self.refiner.cls_attention)
-        parts = {"kd": kd.item(), "semantic": aux.semantic.item(), "regularization": aux.regularization.item()}
+        parts = {"kd": kd.detach(), "semantic": aux.semantic.detach(), "regularization": aux.regularization.detach()}
         return StepOutput(self.kd_weight * kd + aux.total, logits, parts)
 
     @torch.no_grad()
