@@ -93,8 +93,8 @@ def test_refiner_writes_the_cache_once_per_step_over_all_rows(monkeypatch):
     method = CoCoOpMethod(tiny_clip(), tiny_tokenizer(), NAMES, textrefiner=True).train()
     refiner = method.refiner
     writes, reads = [], []
-    real_update, real_refine = refiner.update_cache, refiner.refine
-    monkeypatch.setattr(refiner, "update_cache", lambda t: (writes.append(t.shape), real_update(t))[1])
+    real_write, real_refine = refiner._write, refiner.refine
+    monkeypatch.setattr(refiner, "_write", lambda t, *a: (writes.append(t.shape), real_write(t, *a))[1])
     monkeypatch.setattr(refiner, "refine", lambda e, t=None: (reads.append(e.shape), real_refine(e, t))[1])
     out = method.training_step(pixels(3), torch.tensor([0, 1, 2]))
     assert reads == [(3 * len(NAMES), D)]  # the B*C rows in one call

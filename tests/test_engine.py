@@ -256,3 +256,40 @@ def test_mixed_precision_runs_keep_a_float32_cache(tiny_clip_dir, fake_data_root
     assert refiner.cache.dtype == torch.float32 and torch.isfinite(refiner.cache).all()
     torch.testing.assert_close(refiner.cache.norm(dim=1), torch.ones(25), atol=1e-5, rtol=0)
     assert 0 <= results["hm"] <= 100
+
+
+def test_losses_are_read_once_per_log_interval(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
+    """12 images / batch 4 = 3 steps per epoch; --log-every 2 reads at step 2 and at the epoch's end."""
+    reads = []
+    original = engine._read_logs
+
+    def counting(method, sums, correct, seen, step):
+        reads.append(step)
+        return original(method, sums, correct, seen, step)
+
+    monkeypatch.setattr(engine, "_read_logs", counting)
+    engine.train(_cfg(tiny_clip_dir, fake_data_root, tmp_path / "run", epochs=1, shots=4, log_every=2))
+    assert reads == [2, 3]
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert set(log[0]) >= {"loss", "cls", "semantic", "regularization", "train_acc"} and all(math.isfinite(v) for v in log[0].values())
+
+
+def test_a_refused_cache_write_stops_the_run_at_the_next_log(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
+    """Non-finite local tokens never reach the cache; the engine reports them when it reads its logs."""
+    original = TextRefiner.refine
+    steps = []
+
+    def poisoned(self, text_emb, local_tokens=None):
+        if local_tokens is not None and self.training:
+            steps.append(len(steps) + 1)
+            if len(steps) == 2:
+                local_tokens = local_tokens * float("nan")
+        return original(self, text_emb, local_tokens)
+
+    monkeypatch.setattr(TextRefiner, "refine", poisoned)
+    cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / "run", epochs=1, log_every=3)
+    with pytest.raises(ValueError, match=r"2 cache write\(s\) produced NaN or Inf .* refused"):
+        engine.train(cfg)
+    # steps 2 and 3 ran without waiting for the device (step 2's NaN loss also spoilt the weights,
+    # so step 3's write was refused too); the check came with step 3's log, before any checkpoint
+    assert steps == [1, 2, 3] and not (tmp_path / "run" / "checkpoint").exists()

@@ -84,6 +84,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regularization-weight", type=float, default=None, help="lambda_2, weight of the regularisation loss (default: 20)")
     p.add_argument("--sync-batchnorm", action="store_true", help="SyncBatchNorm in the alignment MLP (multi-GPU DDP runs; GPU only)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--log-every", type=int, default=20, help="read the losses (one host sync) once per this many steps, and at each epoch's end")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (after the refiner's hooks are attached)")
 
 
 def _run_config(args: argparse.Namespace):
@@ -108,6 +110,7 @@ def _run_config(args: argparse.Namespace):
         precision=args.precision, device=args.device, num_workers=args.num_workers, eval_datasets=args.eval_datasets,
         method_options=method_options, refiner_options=refiner, teacher=args.teacher, progress=not args.no_progress,
         unlabeled=args.unlabeled, unlabeled_root=args.unlabeled_root, select=args.select, val_split=args.val_split,
+        log_every=args.log_every, compile=args.compile,
     )
 
 

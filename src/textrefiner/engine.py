@@ -74,6 +74,8 @@ class RunConfig:
     # (the release's FINAL_MODEL best_val); last: the last epoch; auto: best-val unless subsample is all
     select: str = "auto"
     val_split: str = "val"  # what best-val scores: the few-shot val split (ImageNet: test), or the test split
+    log_every: int = 20  # read losses (a host sync) once per this many steps, and at each epoch's end
+    compile: bool = False  # torch.compile the training step (the refiner's hooks are attached first)
 
     def __post_init__(self) -> None:
         if self.select == "auto":  # base-to-novel keeps the best val epoch; cross-dataset runs test the last
@@ -88,7 +90,7 @@ class RunConfig:
             raise ValueError(f"unknown precision {self.precision!r}; expected one of {sorted(PRECISIONS)}")
         if self.subsample not in ("base", "novel", "all"):
             raise ValueError(f"`subsample` should be base, novel or all, got {self.subsample!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` should be positive, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -259,13 +261,34 @@ def _build(cfg: RunConfig, device: torch.device, classnames: list[str]) -> tuple
     return method.to(device), processor
 
 
+def _read_logs(method: Method, sums: dict[str, torch.Tensor], correct: torch.Tensor, seen: int, step: int) -> dict[str, float]:
+    """The one host sync of a log interval: running means as numbers, and the deferred value checks.
+
+    Raises:
+        FloatingPointError: the loss became NaN or Inf.
+        ValueError: the refiner refused a cache write (non-finite tokens), see ``TextRefiner.check_writes``.
+    """
+    if method.refiner is not None:
+        method.refiner.check_writes()
+    record = {k: v / max(seen, 1) for k, v in zip(sums, torch.stack(list(sums.values())).tolist())}
+    if not math.isfinite(record.get("loss", 0.0)):
+        raise FloatingPointError(f"the training loss became {record['loss']} by step {step}; lower --lr or use --precision fp32")
+    record["train_acc"] = 100.0 * correct.item() / max(seen, 1)
+    return record
+
+
 def _epoch(method, ddp_method, loader, optimizer, scaler, cfg: RunConfig, device: torch.device, epoch: int, ddp: _Dist) -> dict[str, float]:
+    """One epoch; losses stay on the device and are read once per ``cfg.log_every`` steps."""
     method.train()
-    sums: dict[str, float] = {}
-    correct = seen = 0
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    non_blocking = device.type == "cuda"  # from pinned memory, the copy overlaps the previous step
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and ddp.main), leave=False)
-    for pixel_values, labels in bar:
-        pixel_values, labels = pixel_values.to(device), labels.to(device)
+    step = 0
+    for step, (pixel_values, labels) in enumerate(bar, 1):
+        pixel_values = pixel_values.to(device, non_blocking=non_blocking)
+        labels = labels.to(device, non_blocking=non_blocking)
         with _autocast(device, cfg.precision):
             out = ddp_method(pixel_values, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -274,14 +297,16 @@ def _epoch(method, ddp_method, loader, optimizer, scaler, cfg: RunConfig, device
         scaler.update()
         n = labels.shape[0]
         seen += n
-        for key, value in {"loss": out.loss.item(), **out.parts}.items():
-            sums[key] = sums.get(key, 0.0) + value * n
-        if labels.min() >= 0:  # unlabelled batches (PromptKD) carry -1
-            correct += (out.logits.argmax(-1) == labels).sum().item()
-        bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", acc=f"{100.0 * correct / seen:.1f}")
-    record = {k: v / max(seen, 1) for k, v in sums.items()}
-    record["train_acc"] = 100.0 * correct / max(seen, 1)
-    return record
+        for key, value in {"loss": out.loss.detach(), **out.parts}.items():  # device tensors: no sync
+            sums[key] = sums[key] + value.float() * n if key in sums else value.float() * n
+        labelled = labels >= 0  # unlabelled images (PromptKD) carry -1 and never count as correct
+        correct += ((out.logits.argmax(-1) == labels) & labelled).sum()
+        if step % cfg.log_every == 0:
+            logs = _read_logs(method, sums, correct, seen, step)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", acc=f"{logs['train_acc']:.1f}")
+    if not sums:
+        return {"train_acc": 0.0}
+    return _read_logs(method, sums, correct, seen, step)
 
 
 def _training_items(cfg: RunConfig) -> tuple[list, list[str]]:
