@@ -16,6 +16,7 @@ from PIL import Image
 
 from textrefiner.data import (
     DATASETS,
+    MINI,
     ImageDataset,
     Item,
     base_novel_labels,
@@ -68,7 +69,7 @@ def _tiny_processor(**kw):
 
 # ------------------------------------------------------------------ table and layouts
 def test_table_matches_coop_layout():
-    assert set(COOP_LAYOUT) | set(OTHER_LAYOUT) | {"imagefolder"} == set(DATASETS)
+    assert set(COOP_LAYOUT) | set(OTHER_LAYOUT) | {"imagefolder"} | set(MINI) == set(DATASETS)
     for name, (ddir, idir, split) in COOP_LAYOUT.items():
         info = DATASETS[name]
         assert (info.dataset_dir, info.image_dir, info.split_file, info.layout) == (ddir, idir, split, "zhou")

@@ -7,7 +7,7 @@
     test_set = ImageDataset(data.test, transforms_from_processor(processor, train=False))
 """
 
-from .datasets import BASE_TO_NOVEL, CROSS_DOMAIN, DATASETS, DatasetInfo, get_dataset_info
+from .datasets import BASE_TO_NOVEL, CROSS_DOMAIN, DATASETS, MINI, DatasetInfo, get_dataset_info
 from .image_dataset import ImageDataset
 from .item import Item, classnames_of, prompt_classname
 from .load import DatasetSplits, load_dataset, unlabeled_items
@@ -24,6 +24,7 @@ __all__ = [
     "DatasetSplits",
     "EvalTransform",
     "ImageDataset",
+    "MINI",
     "Item",
     "TrainTransform",
     "base_novel_labels",

@@ -169,8 +169,18 @@ def read_imagefolder(root: Path, *, split_seed: int = 0, split_dir: Path | None 
     return splits
 
 
+def read_mini(info: DatasetInfo, root: Path) -> Splits:
+    """A mini dataset (textrefiner.mini): drawn under ``root`` first if its split file is missing."""
+    if not (root / info.dataset_dir / info.split_file).is_file():
+        from ..mini.datasets import make_dataset
+
+        make_dataset(root, info.dataset_dir)
+    return read_zhou(info, root)
+
+
 READERS = {
     "zhou": read_zhou,
+    "mini": read_mini,
     "fgvc": read_fgvc,
     "imagenet": read_imagenet,
     "imagenet_variant": read_imagenet_variant,

@@ -22,7 +22,7 @@ from .splits import check_subsample, subsample_classes
 
 
 # Layouts whose image paths come from a split or list file rather than from listing folders.
-_LISTED_IN_FILES = ("zhou", "fgvc", "imagefolder")
+_LISTED_IN_FILES = ("zhou", "fgvc", "imagefolder", "mini")
 
 
 @dataclass

@@ -1,0 +1,143 @@
+"""Mini datasets: few-shot tasks on the attribute world, written in CoOp's layout.
+
+    from textrefiner.mini import make_dataset
+    make_dataset("~/data", "shapes")     # ~/data/mini-shapes/{images/, split_zhou_MiniShapes.json, classnames.txt}
+    # then: load_dataset("mini-shapes", "~/data"), or `textrefiner train --dataset mini-shapes --model mini ...`
+
+======================  =========================================  ==========  ======================
+dataset                 classes (label order; first half = base)    style       what is hard
+======================  =========================================  ==========  ======================
+``mini-shapes``         10 shapes, any colour / pattern / size      clutter     coloured clutter
+``mini-colours``        12 colour x pattern pairs ("red striped     night       dark, dim pictures
+                        shape"), any shape / size
+``mini-lookalikes``     8 look-alike shapes (circle / oval /        noisy       fine-grained + noise
+                        octagon, square / rectangle / diamond,
+                        pentagon / hexagon)
+======================  =========================================  ==========  ======================
+
+Every class name is a phrase the mini CLIP saw in pretraining captions, the way CLIP saw
+ImageNet's names; the novel half is never seen in few-shot training. The classes are
+ordered so that the base and novel halves share the attributes (every colour and pattern
+appears in both halves of ``mini-colours``; each novel look-alike has its twin among the
+base classes). The pictures are drawn in another style than the pretraining pictures
+(``"studio"``): a distribution shift that leaves prompt learning something to adapt to.
+Per class: 80 pictures, split 40 / 16 / 24 train / val / test (CoOp's 50 / 20 / 30 rule).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .world import SHAPES, sample_scene, draw
+
+
+@dataclass(frozen=True)
+class MiniSpec:
+    """One mini dataset: its classes (name + the attributes fixed by the class) and drawing style."""
+
+    name: str  # "shapes" -> dataset "mini-shapes"
+    title: str  # CoOp-style class name of the dataset, e.g. "MiniShapes"
+    classes: tuple[tuple[str, dict], ...]  # (class name, fixed scene attributes)
+    style: str
+
+    @property
+    def folder(self) -> str:
+        return f"mini-{self.name}"
+
+    @property
+    def split_file(self) -> str:
+        return f"split_zhou_{self.title}.json"
+
+    @property
+    def classnames(self) -> list[str]:
+        return [c for c, _ in self.classes]
+
+
+def _colour_pattern_classes() -> tuple[tuple[str, dict], ...]:
+    # Every colour and every pattern in both halves: base = first 6, novel = last 6.
+    pairs = [("red", "striped"), ("green", "dotted"), ("blue", "checkered"), ("yellow", "striped"), ("red", "dotted"),
+             ("green", "checkered"), ("blue", "striped"), ("yellow", "dotted"), ("red", "checkered"),
+             ("green", "striped"), ("blue", "dotted"), ("yellow", "checkered")]
+    return tuple((f"{c} {p} shape", {"colours": (c,), "patterns": (p,)}) for c, p in pairs)
+
+
+MINI_DATASETS: dict[str, MiniSpec] = {
+    spec.name: spec
+    for spec in (
+        MiniSpec("shapes", "MiniShapes", tuple((s, {"shapes": (s,)}) for s in (
+            "circle", "square", "triangle", "star", "cross", "ring", "heart", "arrow", "crescent", "hexagon")), "clutter"),
+        MiniSpec("colours", "MiniColours", _colour_pattern_classes(), "night"),
+        MiniSpec("lookalikes", "MiniLookalikes", tuple((s, {"shapes": (s,)}) for s in (
+            "circle", "square", "pentagon", "oval", "octagon", "diamond", "hexagon", "rectangle")), "noisy"),
+    )
+}
+IMAGES_PER_CLASS = 80
+assert all(set(kw.get("shapes", SHAPES)) <= set(SHAPES) for s in MINI_DATASETS.values() for _, kw in s.classes)
+
+
+def mini_spec(name: str) -> MiniSpec:
+    """The spec of ``name`` (``"shapes"``, ``"mini-shapes"`` or ``"mini_shapes"``)."""
+    key = name.lower().replace("_", "-").removeprefix("mini-")
+    if key == "colors":
+        key = "colours"
+    if key not in MINI_DATASETS:
+        raise ValueError(f"unknown mini dataset {name!r}; expected one of {sorted(MINI_DATASETS)}")
+    return MINI_DATASETS[key]
+
+
+def make_dataset(
+    root: str | os.PathLike,
+    name: str,
+    *,
+    images_per_class: int = IMAGES_PER_CLASS,
+    image_size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Draw mini dataset ``name`` under ``root`` in CoOp's layout; returns its folder.
+
+    Writes ``root/mini-<name>/images/<class>/<class>_<j>.png``, the split file
+    ``split_zhou_<Title>.json`` (CoOp's 50/20/30 per-class split, drawn from ``seed``) and
+    ``classnames.txt`` (one class name per line, in label order). The same arguments always
+    write the same bytes.
+
+    Args:
+        root: the data root (CoOp's ``$DATA``); created if needed.
+        name: ``"shapes"``, ``"colours"`` or ``"lookalikes"`` (``"mini-"`` prefix optional).
+        images_per_class: pictures per class (at least 4).
+        image_size: picture side in pixels (the mini CLIP sees 32).
+        seed: seeds the pictures and the split.
+
+    Raises:
+        ValueError: unknown name or too few pictures per class.
+    """
+    from PIL import Image
+
+    from ..data._readers import write_split_json
+    from ..data.item import Item
+    from ..data.splits import split_per_class
+
+    spec = mini_spec(name)
+    if isinstance(images_per_class, bool) or not isinstance(images_per_class, int) or images_per_class < 4:
+        raise ValueError(f"expected images_per_class to be an int >= 4, got {images_per_class!r}")
+    folder = Path(root).expanduser() / spec.folder
+    image_dir = folder / "images"
+    items = []
+    for label, (classname, fixed) in enumerate(spec.classes):
+        rng = np.random.default_rng([seed, label])  # one stream per class: classes do not depend on each other
+        class_dir = image_dir / classname.replace(" ", "_")
+        class_dir.mkdir(parents=True, exist_ok=True)
+        for j in range(images_per_class):
+            pixels = draw(sample_scene(rng, style=spec.style, **fixed), rng, image_size)
+            path = class_dir / f"{class_dir.name}_{j:04d}.png"
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="PNG")
+            path.write_bytes(buf.getvalue())
+            items.append(Item(str(path), label, classname))
+    write_split_json(split_per_class(items, seed=seed), folder / spec.split_file, image_dir)
+    (folder / "classnames.txt").write_text("".join(f"{c}\n" for c in spec.classnames))
+    return folder
