@@ -109,7 +109,7 @@ def run_dir(tiny_clip_dir, fake_data_root, tmp_path_factory):
 def test_inspect_renders_every_figure_with_the_methods_own_numbers(run_dir, tmp_path, capsys):
     out = tmp_path / "inspect"
     assert main(["inspect", str(run_dir), "--output-dir", str(out), "--num-images", "2"]) == 0
-    assert "wrote 4 figures" in capsys.readouterr().out
+    assert "wrote 4 figures" in capsys.readouterr().out.splitlines()[-1]
     summary = json.loads((out / "summary.json").read_text())
     figures = summary["figures"]
     assert sorted(figures) == ["curves", "reads", "slots"] and len(figures["slots"]) == 2
@@ -152,20 +152,59 @@ def test_inspect_renders_every_figure_with_the_methods_own_numbers(run_dir, tmp_
     method.detach()
 
 
-def test_inspect_without_refiner_draws_curves_and_shows_a_selected_epoch(run_dir, tmp_path):
+def test_inspect_without_refiner_draws_the_curves_of_the_selected_run(run_dir, tmp_path):
+    results = json.loads((run_dir / "results.json").read_text())
+    log = json.loads((run_dir / "log.json").read_text())
+    assert results["select"] == "best-val" and all("val_acc" in r for r in log)  # what the curves show
     plain = tmp_path / "plain"
     shutil.copytree(run_dir, plain)
     cfg = json.loads((plain / "run_config.json").read_text())
     (plain / "run_config.json").write_text(json.dumps(cfg | {"textrefiner": False}))
-    log = json.loads((plain / "log.json").read_text())
-    (plain / "log.json").write_text(json.dumps([r | {"val_acc": 40.0 + r["epoch"]} for r in log]))
-    results = json.loads((plain / "results.json").read_text())
-    (plain / "results.json").write_text(json.dumps(results | {"selected_epoch": 2}))
     summary = viz.inspect_run(plain, tmp_path / "out")
     assert sorted(summary["figures"]) == ["curves", "index"]
     assert any("without TextRefiner" in n for n in summary["notes"])
     _check_png(tmp_path / "out" / "curves.png", (1200, 370))
-    assert "epoch 2 (best validation accuracy)" in (tmp_path / "out" / "index.html").read_text()
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert f"epoch {results['selected_epoch']} (best validation accuracy)" in html
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["cocoop", "promptkd"])
+def test_inspect_reads_what_each_method_passes_its_refiner(method, tiny_clip_dir, fake_data_root, tmp_path):
+    from textrefiner._tiny import save_tiny_clip
+
+    out = tmp_path / "run"
+    extra = ["--teacher", str(save_tiny_clip(tmp_path / "teacher", seed=3, hidden_size=48, projection_dim=40))] if method == "promptkd" else []
+    args = [
+        "train", "--model", str(tiny_clip_dir), "--dataset", "eurosat", "--root", str(fake_data_root), "--output-dir", str(out),
+        "--shots", "2", "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--no-progress", "--cache-size", "4",
+        "--method", method, *extra,
+    ]
+    assert main(args) == 0
+    summary = viz.inspect_run(out, tmp_path / "inspect", num_images=2)
+    for path in [summary["figures"]["reads"], *summary["figures"]["slots"]]:
+        _check_png(path)
+    reads = summary["reads"]
+    weights = torch.tensor(reads["weights"], dtype=torch.float64)  # (C, M)
+    cfg, m, processor = viz.load_run(out)
+    cache = m.refiner.cache.double()
+    with torch.no_grad():
+        if method == "cocoop":  # prompts depend on the image: the mean of each image's reads
+            from textrefiner.methods._base import image_features
+            from textrefiner.viz.report import _pixels
+
+            pixel_values, _ = _pixels(processor, [i["path"] for i in summary["images"]])
+            m.learner.set_classnames(reads["classnames"])
+            text = m.learner.text_features(image_features(m.model, pixel_values)).double()  # (B, C, d)
+        else:  # PromptKD: the refiner reads the teacher's class features, 40 wide; the student's tokens are 24
+            from textrefiner.learners.promptkd import teacher_text_features
+
+            text = teacher_text_features(m.teacher, m.teacher_tokenizer, reads["classnames"], m.template).double()[None]
+    expected = torch.softmax(F.normalize(text, dim=-1) @ cache.T, dim=-1).mean(0)
+    assert reads["image_conditioned"] == (method == "cocoop")
+    torch.testing.assert_close(weights, expected, atol=1e-6, rtol=1e-6)
+    assert sum(summary["images"][0]["patches_per_slot"]) == 64  # 8 x 8 patches of the tiny CLIP
+    m.detach()
 
 
 def test_curves_show_validation_and_the_selected_epoch():

@@ -24,21 +24,12 @@ from .figures import plot_curves, plot_reads, plot_slots
 from .maths import read_weights, slot_scores, top_slots
 
 
-def _run_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], str]:
-    """The run's learned weights: the final ``method.safetensors``, else the last checkpoint."""
-    from safetensors.torch import load_file
-
-    from .. import _checkpoint as ckpt
-    from ..engine import WEIGHTS
-
-    if (run_dir / WEIGHTS).is_file():
-        return load_file(str(run_dir / WEIGHTS)), str(run_dir / WEIGHTS)
-    tensors, _ = ckpt.read_checkpoint(run_dir / "checkpoint")
-    return ckpt.weights_of(tensors), str(run_dir / "checkpoint")
-
-
 def load_run(run_dir: str | os.PathLike, *, device: str = "cpu", root: str | None = None) -> tuple[Any, Any, Any]:
-    """Rebuild a run's method (frozen model + learned prompts + refiner) with its learned weights.
+    """Rebuild a run's method (frozen model + learned prompts + refiner) with the weights it tests.
+
+    Those are ``method.safetensors``, the selected epoch's state (the best validation epoch's
+    under ``--select best-val``, cache included); for an unfinished run, ``best.safetensors`` or
+    the last checkpoint, exactly as ``textrefiner eval`` picks them.
 
     Args:
         run_dir: a folder written by ``textrefiner train``.
@@ -49,33 +40,36 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu", root: str | Non
         ``(config, method, image_processor)``.
     """
     from .._io import load_state
-    from ..engine import RunConfig, _build, _training_classnames, resolve_device
+    from ..engine import RunConfig, _build, _saved_weights, _training_classnames, resolve_device
 
     run_dir = Path(run_dir)
     cfg = RunConfig.load(run_dir)
     cfg = dataclasses.replace(cfg, output_dir=str(run_dir), root=root or cfg.root, device=device, progress=False)
     dev = resolve_device(device)
     method, processor = _build(cfg, dev, _training_classnames(cfg))
-    weights, source = _run_weights(run_dir)
-    load_state(method, {k: v.to(dev) for k, v in weights.items()}, source=source)
+    weights, _ = _saved_weights(cfg)  # the weights the run tests: its selected epoch's (best-val or last)
+    load_state(method, {k: v.to(dev) for k, v in weights.items()}, source=str(run_dir))
     return cfg, method.eval(), processor
 
 
 @torch.no_grad()
-def _evaluate_and_capture(method: Any, classnames: list[str], pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _evaluate_and_capture(method: Any, classnames: list[str], pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
     """Run the method's own evaluation path on a few images.
 
-    Returns ``(logits (B, C), local_tokens (B, N+1, t), text (C', d))``: the refiner's hooks
-    capture the local tokens, and every text embedding the refiner reads at evaluation
+    Returns ``(logits (B, C), local_tokens (B, N+1, t), text (C', d), per_image)``: the refiner's
+    hooks capture the local tokens, and every text embedding the refiner reads at evaluation
     (``refiner.bake``) is recorded as it is passed, so the reads shown are exactly the method's
-    own, whatever the prompt learner (C' = C, or B*C for image-conditioned prompts like CoCoOp).
+    own, whatever the prompt learner: C' = C, baked once before any image, or C' = B*C, baked
+    per image (``per_image``) for image-conditioned prompts such as CoCoOp's.
     """
     refiner = method.refiner
     read: list[torch.Tensor] = []
+    per_image = []
     bake = refiner.bake
 
     def recording_bake(text: torch.Tensor) -> torch.Tensor:
         read.append(text.detach())
+        per_image.append(images_seen)
         return bake(text)
 
     capture = refiner._capture  # the hooks of textrefiner.attach; idle in eval mode unless told
@@ -84,12 +78,16 @@ def _evaluate_and_capture(method: Any, classnames: list[str], pixel_values: torc
     was_capturing, capture.capture_in_eval = capture.capture_in_eval, True
     refiner.bake = recording_bake  # an instance attribute shadows the method for this call only
     try:
+        images_seen = False
         method.prepare_eval(classnames)
+        images_seen = True
         logits = method.eval_logits(pixel_values)
     finally:
         del refiner.bake
         capture.capture_in_eval = was_capturing
-    return logits, refiner.local_tokens, torch.cat(read)
+    if not read:
+        raise ValueError(f"{type(method).__name__} never passed class embeddings to its refiner at evaluation: no reads to show")
+    return logits, refiner.local_tokens, torch.cat(read), any(per_image)
 
 
 def _pick_images(cfg: Any, images: str | os.PathLike | None, num_images: int) -> list[tuple[str, str | None]]:
@@ -169,7 +167,8 @@ def inspect_run(
     name = f"{cfg.method}{' + TextRefiner' if cfg.textrefiner else ''} on {cfg.dataset}"
     if (run_dir / "log.json").is_file():
         log = json.loads((run_dir / "log.json").read_text())
-        fig = plot_curves(log, selected_epoch=results.get("selected_epoch"), title=f"{name}: training")
+        selected = results.get("selected_epoch") if results.get("select", "best-val") == "best-val" else None
+        fig = plot_curves(log, selected_epoch=selected, title=f"{name}: training")
         summary["figures"]["curves"] = str(save(fig, out / "curves.png"))
     else:
         summary["notes"].append("no log.json: the run has not finished an epoch, so there are no curves")
@@ -196,7 +195,7 @@ def _cache_figures(run_dir: Path, out: Path, cfg: Any, summary: dict[str, Any], 
     picked = _pick_images(cfg, images, num_images)
     pixel_values, display = _pixels(processor, [p for p, _ in picked])
     dev = refiner.cache.device
-    logits, tokens, text = _evaluate_and_capture(method, classnames, pixel_values.to(dev))
+    logits, tokens, text, per_image = _evaluate_and_capture(method, classnames, pixel_values.to(dev))
 
     c, m = len(classnames), refiner.config.cache_size
     weights = read_weights(text, refiner.cache).reshape(-1, c, m).mean(0).cpu()  # (C, M); CoCoOp: mean over images
@@ -206,7 +205,7 @@ def _cache_figures(run_dir: Path, out: Path, cfg: Any, summary: dict[str, Any], 
     summary["reads"] = {
         "classnames": classnames, "num_base": num_base, "weights": weights.tolist(),
         "top_slots": [{"class": n, "slots": s.tolist(), "weights": v.tolist()} for n, s, v in zip(classnames, slots, values)],
-        "image_conditioned": text.shape[0] != c,
+        "image_conditioned": per_image,
     }
 
     assignment = slot_scores(refiner, tokens)  # (B, N+1, M), (B, N+1)
@@ -243,8 +242,9 @@ def _index_html(summary: dict[str, Any], out: Path) -> str:
     scores = {k: r[k] for k in ("base", "novel", "hm") if isinstance(r.get(k), (int, float))}
     if scores:
         parts.append("<p>Test accuracy: " + ", ".join(f"{k} {v:.2f}%" for k, v in scores.items()) + "</p>")
-    if "selected_epoch" in r:
-        parts.append(f"<p>Weights of epoch {esc(str(r['selected_epoch']))} (best validation accuracy).</p>")
+    if r.get("selected_epoch") is not None:
+        how = "best validation accuracy" if r.get("select", "best-val") == "best-val" else "the last epoch"
+        parts.append(f"<p>Figures of the weights the run tests: epoch {esc(str(r['selected_epoch']))} ({how}).</p>")
     for note in summary["notes"]:
         parts.append(f"<p><em>{esc(note)}</em></p>")
     figures = summary["figures"]
