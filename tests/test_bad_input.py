@@ -203,6 +203,7 @@ def test_shots_larger_than_the_data(tiny_clip_dir, fake_data_root, tmp_path, cap
 def test_failed_resume_loses_no_checkpoint(tiny_clip_dir, fake_data_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(tiny_clip_dir, fake_data_root, out) == 0
+    (out / "results.json").unlink()  # interrupted before its evaluation: resumable
     checkpoint = out / "checkpoint"
     files = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
     # resuming with another model width fails clearly ...
@@ -210,7 +211,7 @@ def test_failed_resume_loses_no_checkpoint(tiny_clip_dir, fake_data_root, tmp_pa
 
     wider = save_tiny_clip(tmp_path / "wider", projection_dim=40)
     assert _train(wider, fake_data_root, out, "--resume") == 2
-    assert "it was run with model=" in capsys.readouterr().err
+    assert f"model: '{tiny_clip_dir}' -> '{wider}'" in capsys.readouterr().err
     # ... and so does a checkpoint whose weights no longer fit (edited config, same model path)
     shutil.rmtree(tmp_path / "wider")
     shutil.copytree(save_tiny_clip(tmp_path / "w2", projection_dim=40), tmp_path / "wider")
@@ -225,6 +226,7 @@ def test_failed_resume_loses_no_checkpoint(tiny_clip_dir, fake_data_root, tmp_pa
 def test_corrupt_checkpoint_on_resume(tiny_clip_dir, fake_data_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(tiny_clip_dir, fake_data_root, out) == 0
+    (out / "results.json").unlink()
     tensors = out / "checkpoint" / "checkpoint.safetensors"
     tensors.write_bytes(tensors.read_bytes()[:100])
     assert _train(tiny_clip_dir, fake_data_root, out, "--resume") == 2

@@ -204,7 +204,7 @@ def test_resume_refuses_a_different_run(tiny_clip_dir, fake_data_root, tmp_path,
     out = tmp_path / "run"
     assert main(_args(tiny_clip_dir, fake_data_root, out, "--epochs", "1")) == 0
     assert main(_args(tiny_clip_dir, fake_data_root, out, "--seed", "7", "--resume")) == 2
-    assert "it was run with seed=1, now 7" in capsys.readouterr().err
+    assert "seed: 1 -> 7" in capsys.readouterr().err
 
 
 def test_missing_image_is_named(tiny_clip_dir, fake_data_root, tmp_path, capsys):

@@ -1,10 +1,13 @@
 """Training checkpoints without pickle: tensors in safetensors, everything else in JSON.
 
 A checkpoint is a folder holding ``checkpoint.safetensors`` (trainable weights, the
-refiner's cache, optimiser buffers, RNG states) and ``trainer_state.json`` (epoch,
-optimiser hyper-parameters, scheduler counters, run config). It is written into a
-temporary sibling folder and renamed into place, so a run killed mid-save leaves the
-previous checkpoint intact, never a half-written one.
+refiner's cache, optimiser buffers, RNG states), ``trainer_state.json`` (epoch, optimiser
+hyper-parameters, scheduler counters, the list of saved tensors) and, written last,
+``complete.json`` (the epoch and each file's size: the folder is whole). It is written into
+a temporary sibling ``.checkpoint.tmp-PID``, the old one is renamed ``.checkpoint.old-PID``,
+the new one renamed into place, and the old one removed. A run killed at any instant of this
+leaves at least one whole folder among the three names; :func:`recover` finds the newest
+whole one, puts it in place and removes the rest.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ._errors import RunError
+
 TENSORS = "checkpoint.safetensors"
 STATE = "trainer_state.json"
+COMPLETE = "complete.json"  # written last: its presence (and the sizes it lists) marks a whole checkpoint
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -66,6 +72,65 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     random.setstate((version, tuple(inner), gauss))
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot sync a directory; the rename order still holds
+        pass
+    finally:
+        os.close(fd)
+
+
+def _whole_epoch(folder: Path) -> int | None:
+    """The epoch of a whole checkpoint folder, or None when it is partial (or not a checkpoint)."""
+    marker = folder / COMPLETE
+    try:
+        if marker.is_file():
+            info = json.loads(marker.read_text())
+            sizes = info["files"]
+            if all((folder / name).stat().st_size == size for name, size in sizes.items()):
+                return int(info["epoch"])
+            return None
+        if folder.name == "checkpoint" and (folder / TENSORS).is_file():  # written before the marker existed
+            return int(json.loads((folder / STATE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def _siblings(directory: Path) -> list[Path]:
+    """Temporary and old folders a save may leave next to ``directory``."""
+    if not directory.parent.is_dir():
+        return []
+    prefixes = (f".{directory.name}.tmp-", f".{directory.name}.old-")
+    return sorted(p for p in directory.parent.iterdir() if p.name.startswith(prefixes))
+
+
+def recover(directory: str | os.PathLike) -> Path | None:
+    """Put the newest whole checkpoint at ``directory`` and remove the leftovers of killed saves.
+
+    Looks at ``directory`` and its ``.NAME.tmp-*`` / ``.NAME.old-*`` siblings (a run killed between
+    the two renames of a save leaves the new checkpoint in one and the previous one in the other).
+    Returns ``directory`` when a checkpoint is now there, else None. A ``directory`` that is not
+    whole and has no whole sibling is left as it is, for :func:`read_checkpoint` to name what is
+    wrong with it (a checkpoint is never deleted for being damaged). Call it only while holding
+    the run folder's lock.
+    """
+    directory = Path(directory)
+    candidates = [(epoch, path) for path in [directory, *_siblings(directory)] if (epoch := _whole_epoch(path)) is not None]
+    best = max(candidates, key=lambda c: (c[0], c[1] == directory), default=None)
+    if best is not None and best[1] != directory:
+        if directory.exists():
+            parked = directory.with_name(f".{directory.name}.old-recover")
+            shutil.rmtree(parked, ignore_errors=True)
+            directory.rename(parked)
+        best[1].rename(directory)
+    for leftover in _siblings(directory):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return directory if directory.exists() else None
+
+
 def save_checkpoint(
     directory: str | os.PathLike,
     *,
@@ -76,34 +141,60 @@ def save_checkpoint(
     extra: dict[str, Any],
     scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
-    """Write a complete, resumable checkpoint atomically (temporary folder, then rename)."""
+    """Write a complete, resumable checkpoint atomically (temporary folder, marker, then renames).
+
+    Raises:
+        RunError: the checkpoint could not be written (disk full, ...); the previous checkpoint
+            is kept and no temporary folder is left.
+    """
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer)
     rng_tensors, rng_meta = rng_state()
     tensors = {f"weights.{k}": v for k, v in weights.items()} | opt_tensors | rng_tensors
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSORS))
     meta = {
         "epoch": epoch,
         "optimizer": opt_meta,
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng_meta,
+        "tensors": sorted(tensors),
         **extra,
     }
-    (tmp / STATE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=float) + "\n")
+    try:
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSORS))
+        (tmp / STATE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=float) + "\n")
+        for name in (TENSORS, STATE):
+            _fsync(tmp / name)
+        sizes = {name: (tmp / name).stat().st_size for name in (TENSORS, STATE)}
+        (tmp / COMPLETE).write_text(json.dumps({"epoch": epoch, "files": sizes}) + "\n")
+        _fsync(tmp / COMPLETE)
+        _fsync(tmp)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = _whole_epoch(directory)
+        previous = f"the epoch {kept} checkpoint is kept" if kept is not None else "no earlier checkpoint exists"
+        raise RunError(f"could not save the epoch {epoch} checkpoint in {directory}: {err.strerror or err}; {previous}") from err
     if directory.exists():
         directory.rename(old)
     tmp.rename(directory)
+    _fsync(directory.parent)
+    (old / COMPLETE).unlink(missing_ok=True)  # a half-removed old folder must never look whole
     shutil.rmtree(old, ignore_errors=True)
     return directory
 
 
+def _missing(meta: dict[str, Any], keys: list[str], path: Path) -> None:
+    absent = [k for k in keys if k not in meta]
+    if absent:
+        raise RunError(f"{path} is damaged: it lacks {', '.join(absent)} (the run cannot continue exactly)")
+
+
 def read_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint folder; raise a clear error when it is missing or corrupt."""
+    """Read a checkpoint folder; raise a clear error when it is missing, corrupt or incomplete."""
     directory = Path(directory)
     tensors_path, state_path = directory / TENSORS, directory / STATE
     for path in (tensors_path, state_path):
@@ -112,11 +203,25 @@ def read_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     try:
         tensors = load_file(str(tensors_path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{tensors_path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
+        raise RunError(f"{tensors_path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
     try:
         meta = json.loads(state_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{state_path} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(f"{state_path} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise RunError(f"{state_path} is damaged: expected a JSON object, got {type(meta).__name__}")
+    _missing(meta, ["epoch", "optimizer", "scheduler", "rng"], state_path)
+    if isinstance(meta["epoch"], bool) or not isinstance(meta["epoch"], int) or meta["epoch"] < 1:
+        raise RunError(f"{state_path} is damaged: `epoch` should be a positive int, got {meta['epoch']!r}")
+    if not isinstance(meta["rng"], dict) or "python" not in meta["rng"]:
+        raise RunError(f"{state_path} is damaged: `rng` lacks the Python RNG state")
+    if not isinstance(meta["optimizer"], dict) or not {"param_groups", "scalars"} <= set(meta["optimizer"]):
+        raise RunError(f"{state_path} is damaged: `optimizer` lacks param_groups or scalars")
+    expected = meta.get("tensors") or ["rng.torch"]  # checkpoints written before the list existed: the RNG at least
+    absent = sorted(set(expected) - set(tensors))
+    if absent:
+        more = f" (and {len(absent) - 4} more)" if len(absent) > 4 else ""
+        raise RunError(f"{tensors_path} is damaged: it lacks {absent[:4]}{more}, listed in {state_path.name}")
     return tensors, meta
 
 
@@ -131,6 +236,14 @@ def restore_training_state(
     """Load optimiser, scheduler, grad-scaler and RNG state saved by :func:`save_checkpoint`."""
     device = next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
     opt = {k: v.to(device) for k, v in tensors.items() if k.startswith("optimizer.")}
+    momentum = any(g.get("momentum", 0) for g in optimizer.param_groups)
+    n_params = sum(len(g["params"]) for g in optimizer.param_groups)
+    have = {int(k.split(".")[1]) for k in opt}
+    if (momentum and not have) or not have <= set(range(n_params)):
+        raise RunError(
+            f"the checkpoint's optimiser state covers tensors {sorted(have)[:6]} of the {n_params} trained ones: "
+            "resuming would silently reset (or misplace) the SGD momentum"
+        )
     optimizer.load_state_dict(_unflatten_optimizer(opt, meta["optimizer"]))
     scheduler.load_state_dict(meta["scheduler"])
     if scaler is not None and meta.get("scaler"):

@@ -31,6 +31,17 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
         tmp.unlink(missing_ok=True)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file through a temporary file and a rename: readers see the old or the new text."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_refiner(refiner: TextRefiner, save_directory: str | os.PathLike) -> Path:
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine import train
 
     cfg = _run_config(args)
-    results = train(cfg, resume=args.resume)
+    results = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if results:
         _print_results(results)
     return 0
@@ -138,8 +138,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.eval_datasets is not None:
         overrides["eval_datasets"] = args.eval_datasets
     cfg = dataclasses.replace(cfg, **overrides, progress=not args.no_progress)
-    results = evaluate_run(cfg)
-    (Path(args.run_dir) / RESULTS).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    from ._io import atomic_write_text
+    from ._rundir import RunLock
+
+    with RunLock(args.run_dir, "eval"):  # no train or other eval writes into the folder meanwhile
+        results = evaluate_run(cfg)
+        atomic_write_text(Path(args.run_dir) / RESULTS, json.dumps(results, indent=2, sort_keys=True) + "\n")
     _print_results(results)
     return 0
 
@@ -210,6 +214,26 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def read_results(path: Path) -> dict[str, Any]:
+    """One run's results.json, checked for what the table needs; the error names the file and the field."""
+    try:
+        r = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(r, dict):
+        raise ValueError(f"{path} should hold a JSON object (one run's results), got {type(r).__name__}")
+    needed = {"method": str, "dataset": str, "seed": int}
+    if r.get("protocol", "base2novel") == "base2novel":
+        needed |= {"base": float, "novel": float}
+    for key, kind in needed.items():
+        value = r.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value if kind is float else isinstance(value, kind) and not isinstance(value, bool)
+        if not ok:
+            what = "is missing" if key not in r else f"should be {'a number' if kind is float else kind.__name__}, got {value!r}"
+            raise ValueError(f"{path}: `{key}` {what}")
+    return r
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from .engine import RESULTS
 
@@ -218,7 +242,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         path = Path(run) / RESULTS if Path(run).is_dir() else Path(run)
         if not path.is_file():
             raise FileNotFoundError(f"no {RESULTS} in {run}; has the run finished (or run `textrefiner eval`)?")
-        results.append(json.loads(path.read_text()))
+        results.append(read_results(path))
     table = results_table(results)
     print(table, end="")
     if args.output:
@@ -285,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
             "classes (and on --eval-datasets). Writes run_config.json, weights, a checkpoint and results.json "
             "to --output-dir.")
     _add_run_arguments(p)
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR from its checkpoint (same settings only)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in OUTPUT_DIR (its outputs are removed first)")
     p.set_defaults(func=cmd_train)
 
     p = add("eval", "evaluate a finished (or interrupted) run",
@@ -347,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError, ImportError) as err:
+    except (ValueError, OSError, TypeError, ImportError) as err:  # OSError: a folder or disk the user can fix
         print(f"textrefiner {args.command}: error: {err}", file=sys.stderr)
         return 2
 

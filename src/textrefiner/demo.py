@@ -49,7 +49,7 @@ def run_demo(
                     num_workers=0, progress=False,
                     teacher=teacher if method == "promptkd" else None, unlabeled=method == "promptkd",
                 )
-                results.append(train(cfg))
+                results.append(train(cfg, overwrite=True))  # the demo regenerates its own runs
         print("\n" + SMOKE_BANNER + "\n")
         print(results_table(results))
         return results

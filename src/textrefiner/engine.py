@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import _checkpoint as ckpt
+from . import _rundir
+from ._errors import RunError
+from ._io import atomic_write_text
 from .methods import METHODS, build_method
 from .methods._base import Method
 
@@ -108,9 +112,12 @@ class RunConfig:
         path = Path(directory) / RUN_CONFIG
         if not path.is_file():
             raise FileNotFoundError(f"{directory} is not a textrefiner run folder: {RUN_CONFIG} is missing")
-        data = json.loads(path.read_text())
+        data = _read_json(path)
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError) as err:
+            raise RunError(f"{path}: {err}") from err
 
 
 # ---------------------------------------------------------------- set-up
@@ -196,6 +203,21 @@ class _Dist:
             dist.all_reduce(high, op=dist.ReduceOp.MAX)
             if not torch.equal(low, high):
                 raise RuntimeError(f"ranks disagree on `{name}` after training (max gap {(high - low).abs().max().item():.3g})")
+
+    def on_main(self, fn) -> None:
+        """Run ``fn`` on rank 0 alone; if it raises a RunError, every rank raises it (no rank is left waiting)."""
+        message = None
+        if self.main:
+            try:
+                fn()
+            except RunError as err:
+                message = str(err)
+        if self.enabled:
+            box = [message]
+            dist.broadcast_object_list(box, src=0)
+            message = box[0]
+        if message is not None:
+            raise RunError(message)
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
@@ -357,7 +379,7 @@ def _save_best(method: Method, path: Path, epoch: int, val_acc: float) -> None:
     atomic_save_file(dict(method.state_dict()), path, metadata={"epoch": str(epoch), "val_acc": repr(val_acc)})
 
 
-def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg.method`` (with or without TextRefiner) and evaluate it; returns the results.
 
     Writes into ``cfg.output_dir``: ``run_config.json``, ``log.json`` (one record per epoch),
@@ -366,16 +388,63 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
     ``results.json``. With ``select="best-val"`` it scores the val split after every epoch
     (``val_acc`` in the log), keeps the best epoch's whole state (prompts, refiner weights,
     BatchNorm statistics, cache) in ``best.safetensors``, and saves and tests that epoch.
-    """
-    from .data import ImageDataset, transforms_from_processor
 
+    A folder holding another run's outputs is refused unless ``overwrite`` (which removes them
+    first); ``resume`` continues the run in the folder only if every setting that shapes
+    training is the same. The folder is locked while the run writes into it.
+
+    Raises:
+        RunError: a bad folder, a changed setting on resume, a damaged checkpoint, a folder in
+            use by another run, a failed save; raised before any work where the cause is known then.
+    """
     out = Path(cfg.output_dir)
+    if resume and overwrite:
+        raise RunError("--resume continues the run in the folder and --overwrite deletes it: give one of them")
+    _rundir.check_output_dir(out)
     device = resolve_device(cfg.device)
+    if resume:
+        _check_resumable(out, cfg)
+    elif not overwrite and (found := _rundir.existing_outputs(out)):
+        raise RunError(
+            f"{out} already holds a run ({', '.join(found)}); use --resume to continue it, --overwrite to replace it, "
+            "or another --output-dir"
+        )
+    items, classnames = _training_items(cfg)
     ddp = _Dist(device)
     if ddp.enabled and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    items, classnames = _training_items(cfg)
+    lock = _rundir.RunLock(out, "train")
+    try:
+        ddp.on_main(lambda: _claim(out, lock, resume=resume, overwrite=overwrite))
+        checkpoint = ckpt.read_checkpoint(out / "checkpoint") if resume else None  # damaged state refused before loading
+        return _train(cfg, out, ddp, device, items, classnames, checkpoint)
+    finally:
+        lock.release()
+        ddp.close()
+
+
+def _claim(out: Path, lock: _rundir.RunLock, *, resume: bool, overwrite: bool) -> None:
+    """Rank 0, before any work: lock the folder, then clear it (overwrite) or recover its checkpoint (resume)."""
+    created = not out.exists()
+    lock.acquire()
+    try:
+        if overwrite:
+            _rundir.remove_outputs(out)
+        elif resume and ckpt.recover(out / "checkpoint") is None:
+            raise RunError(
+                f"no whole checkpoint in {out}: the run stopped before its first epoch ended; start it again with --overwrite"
+            )
+    except BaseException:
+        lock.release()
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, classnames, checkpoint) -> dict[str, Any]:
+    from .data import ImageDataset, transforms_from_processor
+
     method, processor = _build(cfg, device, classnames)
     train_set = ImageDataset(items, transforms_from_processor(processor, train=True), seed=cfg.seed)
     val_set = val_classnames = None
@@ -391,10 +460,9 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
         ddp_method = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
 
     start, log, best = 0, [], {"epoch": 0, "val_acc": None}
-    if resume:
-        start, log, best = _resume(out, cfg, method, optimizer, scheduler, scaler)
+    if checkpoint is not None:
+        start, log, best = _resume(checkpoint, out, cfg, method, optimizer, scheduler, scaler)
     if ddp.main:
-        out.mkdir(parents=True, exist_ok=True)
         cfg.save(out)
     ddp.barrier()
 
@@ -422,7 +490,7 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
                 out / "checkpoint", weights=dict(method.state_dict()), optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                 epoch=epoch + 1, extra={"log": log, "method": cfg.method, "model": cfg.model, "best": best},
             )
-            (out / "log.json").write_text(json.dumps(log, indent=2) + "\n")
+            atomic_write_text(out / "log.json", json.dumps(log, indent=2) + "\n")
         ddp.barrier()
 
     ddp.check_replicas_agree(method)
@@ -435,23 +503,76 @@ def train(cfg: RunConfig, *, resume: bool = False) -> dict[str, Any]:
         if cfg.select == "best-val":  # test (and save) the best epoch's state, cache and BN statistics included
             load_state(method, {k: v.to(device) for k, v in load_file(str(out / BEST)).items()}, source=str(out / BEST))
             selected = best["epoch"]
-        atomic_save_file(dict(method.state_dict()), out / WEIGHTS, metadata={"method": cfg.method, "epoch": str(selected)})
-        if method.refiner is not None:
-            method.refiner.save_pretrained(out / "refiner")
+        try:
+            atomic_save_file(dict(method.state_dict()), out / WEIGHTS, metadata={"method": cfg.method, "epoch": str(selected)})
+            if method.refiner is not None:
+                method.refiner.save_pretrained(out / "refiner")
+        except OSError as err:
+            raise RunError(f"could not save the trained weights in {out}: {err.strerror or err}; the checkpoint is kept") from err
         results = evaluate_run(cfg, method=method, device=device, selected_epoch=selected)
-        (out / RESULTS).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(out / RESULTS, json.dumps(results, indent=2, sort_keys=True) + "\n")
     ddp.barrier()
-    ddp.close()
     method.detach()
     return results
 
 
-def _resume(out: Path, cfg: RunConfig, method, optimizer, scheduler, scaler) -> tuple[int, list, dict[str, Any]]:
-    saved = RunConfig.load(out)
-    for key in ("method", "model", "dataset", "textrefiner", "seed", "shots", "subsample", "select", "val_split"):
-        if getattr(saved, key) != getattr(cfg, key):
-            raise ValueError(f"cannot resume {out}: it was run with {key}={getattr(saved, key)!r}, now {getattr(cfg, key)!r}")
-    tensors, meta = ckpt.read_checkpoint(out / "checkpoint")
+# RunConfig fields that do not shape training: --resume may change them (everything else must
+# match the saved run, fields added later included). Add a field here only if a run trained with
+# any value of it is the same run as with another.
+NOT_TRAINING = frozenset({
+    "output_dir",  # the folder itself
+    "root",  # the data may move
+    "device",  # where it runs
+    "num_workers",  # loading processes; the data order and augmentations do not depend on them
+    "progress",  # tqdm bars
+    "eval_batch_size",  # evaluation only
+    "eval_datasets",  # evaluation only
+})
+
+
+def _changed_settings(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """``name: old -> new`` for every training-shaping field that differs from the saved run."""
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as it would be saved
+    diffs = []
+    for f in dataclasses.fields(cfg):
+        if f.name in NOT_TRAINING:
+            continue
+        if f.name in saved:
+            old = saved[f.name]
+        else:  # a field the saved run predates: it ran with the default
+            old = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if old != now[f.name]:
+            diffs.append(f"{f.name}: {old!r} -> {now[f.name]!r}")
+    return diffs
+
+
+def _check_resumable(out: Path, cfg: RunConfig) -> None:
+    """Before any work: the folder holds a run with the same settings, not yet finished."""
+    path = out / RUN_CONFIG
+    if not path.is_file():
+        raise RunError(f"cannot resume {out}: it holds no run ({RUN_CONFIG} is missing)")
+    saved = _read_json(path)
+    diffs = _changed_settings(saved, cfg)
+    finished = (out / RESULTS).is_file()
+    if diffs:
+        hint = " (a finished run cannot be extended: start a new run in another folder)" if finished else ""
+        raise RunError(f"cannot resume {out} with other settings than it was started with{hint}: " + "; ".join(diffs))
+    if finished:
+        raise RunError(f"the run in {out} is finished ({RESULTS}): nothing to resume; evaluate it with `textrefiner eval`")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise RunError(f"{path} should hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _resume(checkpoint, out: Path, cfg: RunConfig, method, optimizer, scheduler, scaler) -> tuple[int, list, dict[str, Any]]:
+    tensors, meta = checkpoint
     from ._io import load_state
 
     load_state(method, ckpt.weights_of(tensors), source=str(out / "checkpoint"))
@@ -468,15 +589,18 @@ def harmonic_mean(base: float, novel: float) -> float:
 
 def _saved_weights(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], int | None]:
     """The weights a run tests, and their epoch: the final ones, else (an unfinished run) the best or last epoch's."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     out = Path(cfg.output_dir)
     for path in (out / WEIGHTS, out / BEST if cfg.select == "best-val" else None):
         if path is not None and path.is_file():
-            with safe_open(str(path), framework="pt") as f:
-                epoch = (f.metadata() or {}).get("epoch")
-            return load_file(str(path)), int(epoch) if epoch is not None else None
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    epoch = (f.metadata() or {}).get("epoch")
+                return load_file(str(path)), int(epoch) if epoch is not None else None
+            except (SafetensorError, OSError, ValueError) as err:
+                raise RunError(f"{path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
     tensors, meta = ckpt.read_checkpoint(out / "checkpoint")
     return ckpt.weights_of(tensors), int(meta["epoch"])
 
@@ -496,10 +620,10 @@ def evaluate_run(
     device = device or resolve_device(cfg.device)
     processor = None
     if method is None:
+        weights, selected_epoch = _saved_weights(cfg)  # read (and refused if damaged) before the model loads
         method, processor = _build(cfg, device, _training_classnames(cfg))
         from ._io import load_state
 
-        weights, selected_epoch = _saved_weights(cfg)
         load_state(method, {k: v.to(device) for k, v in weights.items()}, source=cfg.output_dir)
     if processor is None:
         from transformers import AutoImageProcessor
