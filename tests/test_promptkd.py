@@ -57,7 +57,7 @@ def test_student_without_prompts_is_the_projected_clip_feature():
     with torch.no_grad():
         expected = student.projector(plain.get_image_features(pixel_values=x).pooler_output)
         assert torch.equal(student(x), expected)
-    assert sorted(n for n, _ in student.named_parameters()) == ["projector.bias", "projector.weight"]
+    assert sorted(n for n, _ in student.named_parameters()) == [f"projector.{i}.{w}" for i in (0, 1, 3) for w in ("bias", "weight")]
     prompted = PromptKDStudent(tiny_clip(), D_TEACHER, n_ctx=3)  # default depth: 2 of 2 layers
     assert [tuple(p.shape) for p in prompted.prompts] == [(3, 32), (3, 32)]
     with torch.no_grad():
@@ -177,3 +177,72 @@ def test_engine_trains_one_epoch(tiny_clip_dir, tmp_path):
 
     refiner = TextRefiner.from_pretrained(tmp_path / "run" / "refiner")
     assert (refiner.token_dim, refiner.embed_dim) == (D_STUDENT, D_TEACHER)
+
+
+def test_projector_is_the_releases_two_layer_module():
+    """Linear(d->D) -> BatchNorm(D) -> ReLU -> Linear(D->D): against a float64 re-derivation and
+    against the release's form (1x1 convolutions around a BatchNorm2d), in training and eval mode."""
+    student = PromptKDStudent(tiny_clip(), D_TEACHER, prompt_depth=0)
+    p = student.projector
+    assert [type(m) for m in p] == [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU, torch.nn.Linear]
+    assert (p[0].in_features, p[0].out_features, p[1].num_features, p[3].in_features, p[3].out_features) == (
+        D_STUDENT, D_TEACHER, D_TEACHER, D_TEACHER, D_TEACHER)  # student width -> teacher width, hidden = teacher width
+    assert p[0].bias is not None and p[3].bias is not None  # nn.Conv2d(in, out, 1) has a bias
+    release = torch.nn.Sequential(
+        torch.nn.Conv2d(D_STUDENT, D_TEACHER, 1), torch.nn.BatchNorm2d(D_TEACHER), torch.nn.ReLU(), torch.nn.Conv2d(D_TEACHER, D_TEACHER, 1)
+    )
+    with torch.no_grad():
+        for ours, theirs in ((p[0], release[0]), (p[3], release[3])):
+            theirs.weight.copy_(ours.weight[:, :, None, None])
+            theirs.bias.copy_(ours.bias)
+        p[1].weight.uniform_(0.5, 1.5), p[1].bias.uniform_(-0.5, 0.5)
+        release[1].weight.copy_(p[1].weight), release[1].bias.copy_(p[1].bias)
+    x = torch.randn(6, D_STUDENT, generator=torch.Generator().manual_seed(0))
+
+    def by_hand(x, mean, var):
+        x, w1, b1, w2, b2 = (t.double() for t in (x, p[0].weight, p[0].bias, p[3].weight, p[3].bias))
+        h = x @ w1.T + b1
+        h = (h - mean) / torch.sqrt(var + p[1].eps) * p[1].weight.double() + p[1].bias.double()
+        return h.clamp_min(0) @ w2.T + b2
+
+    p.train(), release.train()
+    out = p(x)
+    h = x.double() @ p[0].weight.double().T + p[0].bias.double()
+    torch.testing.assert_close(out.double(), by_hand(x, h.mean(0), h.var(0, unbiased=False)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, release(x[:, :, None, None])[:, :, 0, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(p[1].running_mean, release[1].running_mean)  # the same running statistics
+    torch.testing.assert_close(p[1].running_var, release[1].running_var)
+    p.eval(), release.eval()
+    out = p(x)
+    torch.testing.assert_close(out.double(), by_hand(x, p[1].running_mean.double(), p[1].running_var.double()), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, release(x[:, :, None, None])[:, :, 0, 0], atol=1e-5, rtol=1e-5)
+    assert {"projector.1.running_mean", "projector.1.running_var"} <= set(student.state_dict())  # saved with the method
+
+
+@pytest.mark.parametrize(
+    "dataset, weight",
+    [("imagenet", 1000), ("caltech101", 1000), ("eurosat", 1000), ("food101", 1000), ("oxford_pets", 1000),
+     ("stanford_cars", 1000), ("sun397", 1000), ("ucf101", 1000),
+     ("fgvc_aircraft", 200), ("oxford_flowers", 200), ("dtd", 200), ("FGVCAircraft", 200), ("DescribableTextures", 200)],
+)
+def test_kd_weight_defaults_to_the_releases_value_per_dataset(dataset, weight):
+    from textrefiner.engine import RunConfig
+
+    cfg = RunConfig(dataset=dataset, root="r", output_dir="o", method="promptkd")
+    assert cfg.kd_weight == weight
+    assert RunConfig(dataset=dataset, root="r", output_dir="o", method="promptkd", kd_weight=7.0).kd_weight == 7.0
+    assert RunConfig(dataset=dataset, root="r", output_dir="o").kd_weight is None  # CoOp has none
+
+
+def test_kd_weight_reaches_the_method_and_its_refiner_weights(tiny_clip_dir, tmp_path):
+    from textrefiner import engine
+    from textrefiner.engine import RunConfig
+
+    with pytest.raises(ValueError, match="only used by --method promptkd"):
+        RunConfig(dataset="dtd", root="r", output_dir="o", kd_weight=5.0)
+    teacher = save_tiny_clip(tmp_path / "teacher", seed=3, hidden_size=48, projection_dim=40)
+    cfg = RunConfig(dataset="dtd", root="r", output_dir="o", model=str(tiny_clip_dir), method="promptkd", teacher=str(teacher))
+    m, _ = engine._build(cfg, torch.device("cpu"), NAMES)
+    assert m.kd_weight == 200.0
+    assert m.refiner.config.semantic_weight == pytest.approx(2.0) and m.refiner.config.regularization_weight == pytest.approx(4.0)
+    m.detach()

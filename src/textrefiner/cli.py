@@ -76,6 +76,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx-init", default="a photo of a", help='context initialisation words; "" for random')
     p.add_argument("--class-specific", action="store_true", help="CoOp: one context per class (CSC, class-specific context)")
     p.add_argument("--teacher", default=None, help="PromptKD: teacher model id or folder (default: none; required for promptkd)")
+    p.add_argument(
+        "--kd-weight", type=float, default=None,
+        help="PromptKD: KD_W, the distillation loss weight; TextRefiner's semantic and regularisation weights follow as "
+        "KD_W/100 and KD_W/50 (default: the release's value for the dataset: 1000; 200 for fgvc_aircraft, oxford_flowers, dtd)",
+    )
     p.add_argument("--unlabeled", action="store_true", help="PromptKD: distil on the train images of all classes, labels unused")
     p.add_argument("--unlabeled-root", default=None, help="PromptKD: distil on every image under this folder, no labels needed (default: none)")
     p.add_argument("--cache-size", type=int, default=None, help="TextRefiner cache slots M (default: 25)")
@@ -111,6 +116,7 @@ def _run_config(args: argparse.Namespace):
         method_options=method_options, refiner_options=refiner, teacher=args.teacher, progress=not args.no_progress,
         unlabeled=args.unlabeled, unlabeled_root=args.unlabeled_root, select=args.select, val_split=args.val_split,
         log_every=args.log_every, compile=args.compile,
+        kd_weight=args.kd_weight,
     )
 
 

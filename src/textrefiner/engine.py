@@ -73,6 +73,7 @@ class RunConfig:
     teacher: str | None = None  # PromptKD: teacher model id or path
     unlabeled: bool = False  # train on the dataset's train images of ALL classes, labels unused (PromptKD)
     unlabeled_root: str | None = None  # or on every image under this folder (implies `unlabeled`)
+    kd_weight: float | None = None  # PromptKD's KD_W; None: the release's value for the dataset (1000; 200 for aircraft, flowers, dtd)
     progress: bool = True  # tqdm progress bars
     # best-val: evaluate after every epoch and keep the first epoch with the strictly best val accuracy
     # (the release's FINAL_MODEL best_val); last: the last epoch; auto: best-val unless subsample is all
@@ -101,6 +102,14 @@ class RunConfig:
             raise ValueError(f"`lr` should be positive, got {self.lr}")
         if self.teacher is not None and self.method != "promptkd":
             raise ValueError(f"a teacher is only used by --method promptkd, got --method {self.method} with --teacher {self.teacher}")
+        if self.kd_weight is not None and self.method != "promptkd":
+            raise ValueError(f"a KD weight is only used by --method promptkd, got --method {self.method} with --kd-weight {self.kd_weight}")
+        if self.method == "promptkd" and self.kd_weight is None:
+            from .learners.promptkd import release_kd_weight
+
+            self.kd_weight = release_kd_weight(self.dataset)
+        if self.kd_weight is not None and not self.kd_weight > 0:
+            raise ValueError(f"`kd_weight` should be positive, got {self.kd_weight}")
         if (self.unlabeled or self.unlabeled_root) and self.method != "promptkd":
             raise ValueError(f"unlabelled training needs a method that learns without labels (promptkd), got {self.method}")
 
@@ -277,6 +286,8 @@ def _build(cfg: RunConfig, device: torch.device, classnames: list[str]) -> tuple
     options = dict(cfg.method_options)
     if cfg.teacher is not None:
         options["teacher"] = cfg.teacher
+    if cfg.kd_weight is not None:
+        options["kd_weight"] = cfg.kd_weight
     method = build_method(
         cfg.method, model, tokenizer, classnames, textrefiner=(cfg.refiner_options or True) if cfg.textrefiner else False, **options
     )

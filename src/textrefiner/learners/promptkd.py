@@ -6,6 +6,7 @@ student's joint width, D the teacher's (e.g. 512 for ViT-B/16, 768 for ViT-L/14)
     teacher text  E = norm(teacher.text("a photo of a {class}."))   # (C, D), once per class set
     teacher logit t = teacher_scale * norm(teacher.image(x)) @ E.T  # (B, C), frozen
     student       s = projector(student.image(x; P_0 .. P_{J-1}))   # (B, D)
+    projector       = Linear(d, D) -> BatchNorm(D) -> ReLU -> Linear(D, D)   # the release's two 1x1 convs
     student logit   = student_scale * norm(s) @ E.T                 # (B, C)
     loss            = KL(softmax(t) || softmax(student logit))      # no labels needed
 
@@ -28,6 +29,21 @@ from torch import nn
 from ._vision import VisionPromptHooks, default_depth, vision_depth, vision_width
 
 TEMPLATE = "a photo of a {}."
+# KD_W of the PromptKD (+ TextRefiner) release's base-to-novel scripts: 1000 for ImageNet, Caltech101,
+# EuroSAT, Food101, OxfordPets, StanfordCars, SUN397 and UCF101; 200 for these three.
+RELEASE_KD_WEIGHT = 1000.0
+RELEASE_KD_WEIGHT_LOW = {"fgvc_aircraft": 200.0, "oxford_flowers": 200.0, "dtd": 200.0}
+
+
+def release_kd_weight(dataset: str) -> float:
+    """The release's KD weight for ``dataset`` (any name ``load_dataset`` accepts; unknown ones: 1000)."""
+    from ..data.datasets import get_dataset_info
+
+    try:
+        name = get_dataset_info(dataset).name
+    except (ValueError, TypeError):
+        return RELEASE_KD_WEIGHT
+    return RELEASE_KD_WEIGHT_LOW.get(name, RELEASE_KD_WEIGHT)
 
 
 def _features(out: Any) -> torch.Tensor:
@@ -95,6 +111,21 @@ def teacher_image_features(teacher: nn.Module, pixel_values: torch.Tensor) -> to
     return F.normalize(_features(teacher.get_image_features(pixel_values=pixel_values.to(dtype))).float(), dim=-1)
 
 
+def make_projector(student_dim: int, teacher_dim: int, **kw: Any) -> nn.Sequential:
+    """PromptKD's student projector: ``Linear(d, D) -> BatchNorm1d(D) -> ReLU -> Linear(D, D)``, (B, d) -> (B, D).
+
+    The release's ``Feature_Trans_Module_two_layer`` (512 -> 768 for a ViT-B/16 student and a
+    ViT-L/14 teacher), written there as 1x1 convolutions with biases around a BatchNorm2d on
+    (B, D, 1, 1) maps; on one feature vector per image these are the same functions.
+    """
+    return nn.Sequential(
+        nn.Linear(student_dim, teacher_dim, **kw),
+        nn.BatchNorm1d(teacher_dim, **kw),
+        nn.ReLU(),
+        nn.Linear(teacher_dim, teacher_dim, **kw),
+    )
+
+
 class PromptKDStudent(nn.Module):
     """The student's prompted image encoder and its projector to the teacher's width.
 
@@ -131,7 +162,7 @@ class PromptKDStudent(nn.Module):
         kw = dict(device=weight.device, dtype=weight.dtype)
         w = vision_width(model)
         self.prompts = nn.ParameterList([nn.Parameter(torch.empty(n_ctx, w, **kw).normal_(std=0.02)) for _ in range(depth)])
-        self.projector = nn.Linear(joint_width(model), teacher_dim, **kw)  # PromptKD's image feature transform
+        self.projector = make_projector(joint_width(model), teacher_dim, **kw)
         self.vision = VisionPromptHooks(model, n_ctx, depth, self.vision_prompt) if depth > 0 else None
 
     @property
