@@ -11,7 +11,7 @@ import pytest
 
 from textrefiner.cli import build_parser, main
 
-COMMANDS = ("train", "eval", "table", "inspect", "datasets", "demo")
+COMMANDS = ("train", "eval", "table", "inspect", "recipes", "datasets", "demo")
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -44,6 +44,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     # the names come from a torch-free module so that `--help` stays fast
     from ._names import METHOD_NAMES, PRECISION_NAMES
 
+    p.add_argument(
+        "--recipe", default=None, metavar="NAME",
+        help="start from a named recipe, the authors' release config (see `textrefiner recipes`); options given "
+        "explicitly override it, and run_config.json records the result (default: none, the options below)",
+    )
     p.add_argument("--method", default="coop", choices=METHOD_NAMES, help="prompt learner")
     p.add_argument("--textrefiner", action=argparse.BooleanOptionalAction, default=True, help="add TextRefiner (default: on)")
     p.add_argument("--model", default="openai/clip-vit-base-patch16", help="Hub id or local folder of a CLIP-family model")
@@ -74,6 +79,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-datasets", nargs="*", default=[], help="cross-dataset / domain-generalisation targets (default: none)")
     p.add_argument("--n-ctx", type=int, default=None, help="context tokens (default: from --ctx-init, else 4)")
     p.add_argument("--ctx-init", default="a photo of a", help='context initialisation words; "" for random')
+    p.add_argument("--prompt-depth", type=int, default=None, help="MaPLe / PromptKD: layers with prompts (default: 9 of 12, 3/4 of the depth)")
     p.add_argument("--class-specific", action="store_true", help="CoOp: one context per class (CSC, class-specific context)")
     p.add_argument("--teacher", default=None, help="PromptKD: teacher model id or folder (default: none; required for promptkd)")
     p.add_argument(
@@ -93,12 +99,34 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (after the refiner's hooks are attached)")
 
 
+# Options that land inside RunConfig's method_options / refiner_options, and flags named unlike their field.
+_OPTION_OF_FLAG = {
+    "n_ctx": "method_options.n_ctx", "ctx_init": "method_options.ctx_init", "class_specific": "method_options.class_specific",
+    "prompt_depth": "method_options.prompt_depth", "cache_size": "refiner_options.cache_size",
+    "alpha": "refiner_options.alpha", "semantic_weight": "refiner_options.semantic_weight",
+    "regularization_weight": "refiner_options.regularization_weight", "sync_batchnorm": "refiner_options.sync_batchnorm",
+    "no_progress": "progress",
+}
+
+
+def _given_settings(argv: Sequence[str]) -> set[str]:
+    """The RunConfig settings the user wrote on the command line (so a recipe does not replace them)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    _add_run_arguments(probe)
+    for action in probe._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    given, _ = probe.parse_known_args(list(argv))
+    return {_OPTION_OF_FLAG.get(name, name) for name in vars(given)}
+
+
 def _run_config(args: argparse.Namespace):
     from .engine import RunConfig
 
     method_options: dict[str, Any] = {"ctx_init": args.ctx_init or None}
     if args.n_ctx is not None:
         method_options["n_ctx"] = args.n_ctx
+    if args.prompt_depth is not None:
+        method_options["prompt_depth"] = args.prompt_depth
     if args.class_specific:
         method_options["class_specific"] = True
     refiner = {
@@ -108,7 +136,7 @@ def _run_config(args: argparse.Namespace):
     }
     if args.sync_batchnorm:
         refiner["sync_batchnorm"] = True
-    return RunConfig(
+    settings = dict(
         dataset=args.dataset, root=args.root, output_dir=args.output_dir, model=args.model, method=args.method,
         textrefiner=args.textrefiner, shots=args.shots, seed=args.seed, subsample=args.subsample, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
@@ -118,6 +146,11 @@ def _run_config(args: argparse.Namespace):
         log_every=args.log_every, compile=args.compile,
         kd_weight=args.kd_weight,
     )
+    if args.recipe is not None:
+        from .recipes import apply_recipe
+
+        settings = apply_recipe(args.recipe, settings, _given_settings(getattr(args, "argv", ())))
+    return RunConfig(**settings)
 
 
 def _print_results(results: dict[str, Any]) -> None:
@@ -278,6 +311,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .recipes import load_recipe, recipe_names
+
+    for name in recipe_names():
+        print(f"{name:50s} {load_recipe(name).summary}")
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from .data import DATASETS
 
@@ -356,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where to run the model: cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_inspect)
 
+    p = add("recipes", "list the named training recipes (the authors' release configs) for `train --recipe`",
+            "List the recipes `train --recipe NAME` accepts, one line each: the release configs of CoOp + TextRefiner, "
+            "PromptKD + TextRefiner, CoCoOp and MaPLe. Each file (in the package's recipes/ folder) names the upstream "
+            "config it mirrors and where each value comes from.")
+    p.set_defaults(func=cmd_recipes)
+
     p = add("datasets", "list the known datasets and their folder layout",
             "List the dataset names `train --dataset` accepts and the folder layout each expects under --root.")
     p.set_defaults(func=cmd_datasets)
@@ -376,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # bare `textrefiner`: say what there is (exit 2, as for any call that ran nothing)
         parser.print_help()
         return 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what was written, for `train --recipe`
     try:
         return args.func(args)
     except (ValueError, OSError, TypeError, ImportError) as err:  # OSError: a folder or disk the user can fix

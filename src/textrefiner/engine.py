@@ -73,6 +73,7 @@ class RunConfig:
     teacher: str | None = None  # PromptKD: teacher model id or path
     unlabeled: bool = False  # train on the dataset's train images of ALL classes, labels unused (PromptKD)
     unlabeled_root: str | None = None  # or on every image under this folder (implies `unlabeled`)
+    recipe: str | None = None  # the named recipe these settings started from (`textrefiner recipes`), if any
     kd_weight: float | None = None  # PromptKD's KD_W; None: the release's value for the dataset (1000; 200 for aircraft, flowers, dtd)
     progress: bool = True  # tqdm progress bars
     # best-val: evaluate after every epoch and keep the first epoch with the strictly best val accuracy
