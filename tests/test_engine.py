@@ -293,3 +293,23 @@ def test_a_refused_cache_write_stops_the_run_at_the_next_log(tiny_clip_dir, fake
     # steps 2 and 3 ran without waiting for the device (step 2's NaN loss also spoilt the weights,
     # so step 3's write was refused too); the check came with step 3's log, before any checkpoint
     assert steps == [1, 2, 3] and not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_compile_flag_compiles_the_step_after_the_hooks_are_attached(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
+    import functools
+
+    seen = []
+    real = torch.compile
+
+    def eager_compile(module, **kwargs):  # the eager backend: the same tracing, no C compiler needed
+        seen.append(module.refiner._capture is not None)
+        return functools.partial(real, backend="eager")(module, **kwargs)
+
+    monkeypatch.setattr(engine.torch, "compile", eager_compile)
+    plain = engine.train(_cfg(tiny_clip_dir, fake_data_root, tmp_path / "plain", epochs=1))
+    assert seen == []
+    compiled = engine.train(_cfg(tiny_clip_dir, fake_data_root, tmp_path / "compiled", epochs=1, compile=True))
+    assert seen == [True]  # compiled once, with the refiner attached
+    a = json.loads((tmp_path / "plain" / "log.json").read_text())[0]
+    b = json.loads((tmp_path / "compiled" / "log.json").read_text())[0]
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and compiled["hm"] == pytest.approx(plain["hm"])

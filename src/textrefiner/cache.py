@@ -64,23 +64,20 @@ def cache_write(
     flat = tokens.reshape(-1, tokens.shape[-1]).to(dtype)  # (T, d)
     # divide each token by its largest entry first, so its squared norm can neither overflow nor
     # underflow float32 (bf16 tokens can reach 3e38); the direction is unchanged
-    # (large temporaries cost page faults on CPU: the only (T, d+1) allocation of the write is `v`)
+    # (large temporaries cost page faults on CPU: the only (T, d) allocation of the write is `v`)
     peak = torch.maximum(flat.amax(dim=-1, keepdim=True), -flat.amin(dim=-1, keepdim=True))  # (T, 1) max |x|
-    v = flat.new_empty(flat.shape[0], d + 1)  # (T, d+1): the token, then a 1 that counts it
-    torch.div(flat, peak.clamp_min(torch.finfo(dtype).tiny), out=v[:, :d])
-    v[:, :d] /= torch.linalg.vector_norm(v[:, :d], dim=-1, keepdim=True).clamp_min(1e-12)  # step 1, as F.normalize
-    scores = v[:, :d] @ slots.T  # (T, M) step 2
+    v = flat / peak.clamp_min(torch.finfo(dtype).tiny)  # (T, d), normalised in place below
+    v /= torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-12)  # step 1, as F.normalize
+    scores = v @ slots.T  # (T, M) step 2
     best, slot = scores.max(dim=1)  # (T,), (T,) step 3: each token's slot and score there
     col_max = scores.amax(dim=0) if scores.shape[0] else scores.new_full((m,), -torch.inf)  # (M,)
     if sync:
         dist.all_reduce(col_max, op=dist.ReduceOp.MAX)
-    onehot = (slot[:, None] == torch.arange(m, device=slot.device)).to(dtype)  # (T, M)
     weight = torch.exp(best - col_max[slot])  # (T,) step 4, max over ALL tokens of the slot (a gather: no sync)
-    v[:, :d] *= weight[:, None]
-    v[:, d] = 1.0
-    stats = onehot.T @ v  # (M, d+1): weighted token sums, then hit counts
+    onehot = (slot[:, None] == torch.arange(m, device=slot.device)).to(dtype)  # (T, M) the slot assignment
+    stats = torch.cat([onehot.T @ v.mul_(weight[:, None]), onehot.sum(dim=0)[:, None]], dim=1)  # (M, d+1); v is done with
     if sync:
-        dist.all_reduce(stats)  # one SUM for both
+        dist.all_reduce(stats)  # one SUM for the weighted sums and the hit counts
     summed, hits = stats[:, :d], stats[:, d]  # (M, d), (M,)
     written = momentum * slots + (1.0 - momentum) * summed  # step 5
     updated = torch.where(hits[:, None] > 0, written, slots)  # untouched slots keep their value

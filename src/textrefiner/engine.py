@@ -469,7 +469,14 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     ddp_method: Any = method
     if ddp.enabled:
-        ddp_method = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
+        # broadcast_buffers=False: the cache is kept identical on every rank by the write's own
+        # all-reduce, BatchNorm statistics stay per rank (docs/distributed.md), constant buffers
+        # never change; broadcasting them every step would only cost time and overwrite BN stats
+        ddp_method = torch.nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
+    if cfg.compile:  # after the method is built, so the refiner's hooks are in place before compiling
+        ddp_method = torch.compile(ddp_method)
 
     start, log, best = 0, [], {"epoch": 0, "val_acc": None}
     if checkpoint is not None:

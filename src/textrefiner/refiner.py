@@ -284,7 +284,8 @@ class TextRefiner(nn.Module):
             self.aligned_tokens = None
             return self._refine(text_emb, self.cache)
         self._check_tokens(local_tokens, self.token_dim, "local_tokens", ndim=3)
-        if local_tokens.is_inference():  # captured under torch.inference_mode(): autograd cannot save it
+        # captured under torch.inference_mode(): autograd cannot save it (a compiled step never sees one)
+        if not torch.compiler.is_compiling() and local_tokens.is_inference():
             local_tokens = local_tokens.clone()
         aligned, norm_state = self._align_for_write(local_tokens)  # (B, N+1, d)
         refined = self._refine(text_emb, self.cache.clone())  # read before write; the clone keeps autograd valid

@@ -88,7 +88,8 @@ class VisionPromptHooks:
         self.n_ctx, self.depth = n_ctx, depth
         if not hasattr(prompt, "__self__"):
             raise TypeError(f"expected `prompt` to be a bound method (held weakly), got {type(prompt).__name__}")
-        self._prompt = weakref.WeakMethod(prompt)  # type: ignore[arg-type]
+        # held weakly as (weak owner, plain function): torch.compile traces a weakref.ref call, not a WeakMethod's
+        self._owner, self._prompt_fn = weakref.ref(prompt.__self__), prompt.__func__  # type: ignore[attr-defined]
         self._handles = [self.embeddings.register_forward_hook(self._append)]
         for i in range(1, depth):
             self._handles.append(self.layers[i].register_forward_pre_hook(self._replacer(i), with_kwargs=True))
@@ -104,11 +105,11 @@ class VisionPromptHooks:
         return bool(self._handles)
 
     def _get(self, i: int, like: torch.Tensor) -> torch.Tensor | None:
-        fn = self._prompt()
-        if fn is None:
+        owner = self._owner()
+        if owner is None:
             self.remove()
             return None
-        p = fn(i)  # (n, w)
+        p = self._prompt_fn(owner, i)  # (n, w)
         return p.to(like.dtype).expand(like.shape[0], self.n_ctx, like.shape[-1])  # (B, n, w)
 
     def _append(self, module: nn.Module, args: tuple, output: Any) -> Any:
