@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,20 +30,23 @@ class TextRefinerConfig:
     def __post_init__(self) -> None:
         if self.token_dim is None:
             self.token_dim = self.embed_dim
-        for name in ("embed_dim", "token_dim", "cache_size"):
+        for name in ("embed_dim", "token_dim", "cache_size", "top_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"`{name}` should be an int, got {type(value).__name__} ({value!r})")
-            if value <= 0:
-                raise ValueError(f"`{name}` should be positive, got {value}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"`top_k` should be a non-negative int, got {self.top_k!r}")
+            if value < (0 if name == "top_k" else 1):
+                raise ValueError(f"`{name}` should be {'non-negative' if name == 'top_k' else 'positive'}, got {value}")
+        for name in ("alpha", "momentum", "semantic_weight", "regularization_weight", "kd_temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"`{name}` should be a number, got {type(value).__name__} ({value!r})")
+            if not math.isfinite(value):
+                raise ValueError(f"`{name}` should be a finite number, got {value!r}")
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"`momentum` should be in [0, 1], got {self.momentum}")
         for name in ("alpha", "semantic_weight", "regularization_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value != value or value < 0:
-                raise ValueError(f"`{name}` should be a non-negative number, got {value!r}")
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` should be a non-negative number, got {getattr(self, name)!r}")
         if not self.kd_temperature > 0:
             raise ValueError(f"`kd_temperature` should be positive, got {self.kd_temperature}")
 
@@ -76,4 +80,7 @@ class TextRefinerConfig:
             raise ValueError(f"{path} is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path} should hold a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{path}: {err}") from err

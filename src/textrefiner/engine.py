@@ -96,11 +96,20 @@ class RunConfig:
             raise ValueError(f"unknown precision {self.precision!r}; expected one of {sorted(PRECISIONS)}")
         if self.subsample not in ("base", "novel", "all"):
             raise ValueError(f"`subsample` should be base, novel or all, got {self.subsample!r}")
+        self._check_numbers()
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` should be positive, got {getattr(self, name)}")
+        for name in ("warmup_epochs", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` should be 0 or more, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"`lr` should be positive, got {self.lr}")
+        if self.warmup_lr < 0 or self.weight_decay < 0:
+            raise ValueError(f"`warmup_lr` and `weight_decay` should be 0 or more, got {self.warmup_lr} and {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"`momentum` should be in [0, 1), got {self.momentum}")
+        self._check_refiner_options()
         if self.teacher is not None and self.method != "promptkd":
             raise ValueError(f"a teacher is only used by --method promptkd, got --method {self.method} with --teacher {self.teacher}")
         if self.kd_weight is not None and self.method != "promptkd":
@@ -113,6 +122,35 @@ class RunConfig:
             raise ValueError(f"`kd_weight` should be positive, got {self.kd_weight}")
         if (self.unlabeled or self.unlabeled_root) and self.method != "promptkd":
             raise ValueError(f"unlabelled training needs a method that learns without labels (promptkd), got {self.method}")
+
+    def _check_numbers(self) -> None:
+        """Every int field an int, every float field a finite number (nan/inf refused), None only where allowed."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kinds = {t.strip() for t in str(f.type).split("|")}
+            if value is None and "None" in kinds:
+                continue
+            if "float" in kinds:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ValueError(f"`{f.name}` should be a finite number, got {value!r}")
+            elif "int" in kinds and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"`{f.name}` should be an int, got {value!r}")
+
+    def _check_refiner_options(self) -> None:
+        """TextRefiner options are checked now, and refused when TextRefiner is off (they would do nothing)."""
+        if not self.refiner_options:
+            return
+        if not self.textrefiner:
+            flags = ", ".join("--" + k.replace("_", "-") for k in sorted(self.refiner_options))
+            raise ValueError(f"{flags} only act on TextRefiner, which --no-textrefiner turns off; drop them or the --no-textrefiner")
+        from .config import TextRefinerConfig
+
+        known = {f.name for f in dataclasses.fields(TextRefinerConfig)} - {"embed_dim", "token_dim"}
+        options = {k: v for k, v in self.refiner_options.items() if k in known}
+        unknown = sorted(set(self.refiner_options) - known - {"sync_batchnorm"})
+        if unknown:
+            raise ValueError(f"unknown TextRefiner options {unknown}; expected some of {sorted(known | {'sync_batchnorm'})}")
+        TextRefinerConfig(embed_dim=1, **options)  # raises naming the field and the value
 
     def save(self, directory: Path) -> None:
         (directory / RUN_CONFIG).write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
@@ -356,10 +394,32 @@ def _training_items(cfg: RunConfig) -> tuple[list, list[str]]:
 
     if not (cfg.unlabeled or cfg.unlabeled_root):
         data = load_dataset(cfg.dataset, cfg.root, shots=cfg.shots, seed=cfg.seed, subsample=cfg.subsample)
-        return data.train, data.classnames
-    data = load_dataset(cfg.dataset, cfg.root, shots=0, seed=cfg.seed, subsample="all", check_files=cfg.unlabeled_root is None)
-    items = unlabeled_items(cfg.unlabeled_root) if cfg.unlabeled_root else [replace(i, label=-1) for i in data.train]
-    return items, data.classnames
+        items, classnames = data.train, data.classnames
+    else:
+        data = load_dataset(cfg.dataset, cfg.root, shots=0, seed=cfg.seed, subsample="all", check_files=cfg.unlabeled_root is None)
+        items = unlabeled_items(cfg.unlabeled_root) if cfg.unlabeled_root else [replace(i, label=-1) for i in data.train]
+        classnames = data.classnames
+    _check_training_data(cfg, items, classnames)
+    return items, classnames
+
+
+def _check_training_data(cfg: RunConfig, items: list, classnames: list[str]) -> None:
+    """Before any model loads: a base/novel split needs 2+ classes, and every label must be a class (or -1, unlabelled)."""
+    from .data import load_dataset
+
+    if cfg.subsample == "base":
+        n = len(load_dataset(cfg.dataset, cfg.root, shots=0, seed=cfg.seed, subsample="all", check_files=False).classnames)
+        if n < 2:
+            raise RunError(
+                f"{cfg.dataset} under {cfg.root} has {n} class: the base/novel protocol (--subsample base) needs at least 2 "
+                "(novel classes to test on); use --subsample all"
+            )
+    low = -1 if (cfg.unlabeled or cfg.unlabeled_root) else 0
+    for item in items:
+        if not (low <= item.label < len(classnames)) or isinstance(item.label, bool):
+            raise RunError(f"label {item.label!r} of {item.impath} is not a class index in [0, {len(classnames)})")
+    if not items:
+        raise RunError(f"no training images in {cfg.dataset} under {cfg.root} for --subsample {cfg.subsample}")
 
 
 def _training_classnames(cfg: RunConfig) -> list[str]:
@@ -546,6 +606,8 @@ NOT_TRAINING = frozenset({
     "progress",  # tqdm bars
     "eval_batch_size",  # evaluation only
     "eval_datasets",  # evaluation only
+    "log_every",  # when losses are read for the log, not what is trained
+    "compile",  # torch.compile runs the same step
 })
 
 
