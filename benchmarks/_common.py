@@ -147,7 +147,7 @@ def build_clip(smoke: bool, device: torch.device, *, seed: int = 0, attn_impleme
     """A random-weight CLIP in eval mode: ViT-B/16-sized, or ``_tiny.tiny_clip()`` with ``smoke``."""
     from transformers import CLIPModel
 
-    from textrefiner._tiny import tiny_clip_config
+    from textrefiner.testing import tiny_clip_config
 
     config = tiny_clip_config() if smoke else vit_b16_config()
     if attn_implementation is not None:
@@ -192,7 +192,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 1 warm-up, 2 steps: checks the script runs")
     p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available, else cpu)")
-    p.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help=f"where JSON and Markdown go (default {DEFAULT_OUTPUT})")
+    p.add_argument("--output-dir", type=Path, default=None, help=f"where JSON and Markdown go (default {DEFAULT_OUTPUT}; --smoke: its smoke/ sub-folder, git-ignored)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps per variant (default: per script)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: per script)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -203,6 +203,8 @@ def resolve(args: argparse.Namespace, warmup: int, steps: int, *, gpu_warmup: in
     """Fill in device, warm-up and step counts (smoke: 1 and 2); returns the device."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.output_dir is None:  # smoke runs never land next to the real, committed results
+        args.output_dir = DEFAULT_OUTPUT / "smoke" if args.smoke else DEFAULT_OUTPUT
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda given but CUDA is not available")

@@ -4,7 +4,8 @@
     python benchmarks/run_all.py --smoke         # tiny sizes: checks the scripts run (seconds)
     python benchmarks/run_all.py --device cuda   # GPU tables: results/gpu_*.md
 
-Writes ``{cpu,gpu}[_smoke]_summary.md`` next to the per-benchmark results.
+Writes ``{cpu,gpu}[_smoke]_summary.md`` next to the per-benchmark results (smoke runs under
+``results/smoke/``, which git ignores).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 1 warm-up, 2 steps")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--output-dir", type=Path, default=HERE / "results")
+    p.add_argument("--output-dir", type=Path, default=None, help="default: results/ (--smoke: results/smoke/, git-ignored)")
     p.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run only these")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args()
 
     names = args.only or BENCHMARKS
+    if args.output_dir is None:
+        args.output_dir = HERE / "results" / ("smoke" if args.smoke else "")
     if args.device is None:
         import torch
 

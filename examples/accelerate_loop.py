@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 
 import torch
 import torch.nn.functional as F
+import transformers
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import AutoTokenizer, CLIPModel
@@ -56,17 +59,23 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="per process")
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
-    parser.add_argument("--output-dir", default="textrefiner-accelerate")
+    parser.add_argument("--output-dir", default=None, help="where the refiner is saved (default: a new temporary folder)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true", help="also show transformers' progress bars")
     args = parser.parse_args()
+    if not args.verbose:  # transformers' own "Loading weights" bars; ours (if any) stay
+        transformers.utils.logging.disable_progress_bar()
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    if args.output_dir is None:  # a new temporary folder, made by the main process, the same on every process
+        folder = [tempfile.mkdtemp(prefix="textrefiner-accelerate-") if accelerator.is_main_process else None]
+        args.output_dir = broadcast_object_list(folder)[0]
     torch.manual_seed(args.seed)  # the same refiner on every process (DDP also copies rank 0's)
 
     # 1. A frozen CLIP, and the refiner hooked onto its vision tower.
     model_dir = args.model
     if model_dir is None:  # a tiny random CLIP, written once by the main process, read by all
-        from textrefiner._tiny import save_tiny_clip
+        from textrefiner.testing import save_tiny_clip
 
         model_dir = os.path.join(args.output_dir, "tiny-clip")
         with accelerator.main_process_first():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+import transformers
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
 from textrefiner.data import ImageDataset, load_dataset, make_fake_dataset, transforms_from_processor
@@ -33,8 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--save", default=None, help="folder for the trained refiner")
+    parser.add_argument("--verbose", action="store_true", help="also show transformers' progress bars")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
+    if not args.verbose:  # transformers' own "Loading weights" bars; ours (if any) stay
+        transformers.utils.logging.disable_progress_bar()
 
     # Device and precision: the GPU when there is one; bf16 autocast where the hardware has it.
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -43,12 +47,13 @@ def main(argv: list[str] | None = None) -> None:
 
     tmp = tempfile.TemporaryDirectory()
     if args.model is None:  # the offline stand-in for a Hub checkpoint, loaded back the same way
-        from textrefiner._tiny import save_tiny_clip
+        from textrefiner.testing import save_tiny_clip
 
         args.model = str(save_tiny_clip(Path(tmp.name) / "clip"))
     if args.root is None:
         args.root = tmp.name
-        make_fake_dataset(args.root, args.dataset, num_classes=6, images_per_class=24, image_size=40, seed=0)
+        # 40 images per class: 20 for training (50/20/30 split), enough for the default 16 shots
+        make_fake_dataset(args.root, args.dataset, num_classes=6, images_per_class=40, image_size=40, seed=0)
 
     clip = AutoModel.from_pretrained(args.model).to(device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)

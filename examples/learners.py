@@ -1,6 +1,6 @@
 """CoCoOp, MaPLe and PromptKD with TextRefiner, through the Method API, in plain PyTorch.
 
-    python examples/learners.py --method cocoop               # a tiny random CLIP, CPU, offline
+    python examples/learners.py                               # CoCoOp on a tiny random CLIP, CPU, offline
     python examples/learners.py --method maple --no-textrefiner
     python examples/learners.py --method promptkd             # tiny teacher with a wider joint space
     python examples/learners.py --method promptkd --model openai/clip-vit-base-patch16 \\
@@ -24,6 +24,7 @@ import argparse
 import tempfile
 
 import torch
+import transformers
 from transformers import AutoModel, AutoTokenizer
 
 from textrefiner.methods import build_method
@@ -34,7 +35,7 @@ NOVEL = ["boat", "owl"]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", choices=["cocoop", "maple", "promptkd"], required=True)
+    parser.add_argument("--method", choices=["cocoop", "maple", "promptkd"], default="cocoop")
     parser.add_argument("--textrefiner", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--model", default=None, help="student / host model for from_pretrained (default: a tiny random CLIP)")
     parser.add_argument("--teacher", default=None, help="PromptKD teacher (default: a tiny random CLIP with a 40-d joint space)")
@@ -43,11 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true", help="also show transformers' progress bars")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
+    if not args.verbose:  # transformers' own "Loading weights" bars; ours (if any) stay
+        transformers.utils.logging.disable_progress_bar()
 
     with tempfile.TemporaryDirectory() as tmp:
-        from textrefiner._tiny import save_tiny_clip
+        from textrefiner.testing import save_tiny_clip
 
         name = args.model or str(save_tiny_clip(f"{tmp}/student"))  # the offline stand-in for a hub checkpoint
         clip = AutoModel.from_pretrained(name).to(args.device)

@@ -22,6 +22,7 @@ import tempfile
 
 import torch
 import torch.nn.functional as F
+import transformers
 from transformers import AutoModel, AutoTokenizer
 
 import textrefiner
@@ -38,13 +39,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--save", default=None, help="folder to save the trained refiner to")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true", help="also show transformers' progress bars")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
+    if not args.verbose:  # transformers' own "Loading weights" bars; ours (if any) stay
+        transformers.utils.logging.disable_progress_bar()
 
     with tempfile.TemporaryDirectory() as tmp:
         name = args.model
         if name is None:  # the offline stand-in for a hub checkpoint, loaded back exactly the same way
-            from textrefiner._tiny import save_tiny_clip
+            from textrefiner.testing import save_tiny_clip
 
             name = str(save_tiny_clip(tmp))
         clip = AutoModel.from_pretrained(name).to(args.device).eval().requires_grad_(False)  # frozen

@@ -23,7 +23,7 @@ def _seed():
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     """A tiny random CLIP saved with tokenizer and image processor, loadable by path."""
-    from textrefiner._tiny import save_tiny_clip
+    from textrefiner.testing import save_tiny_clip
 
     return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import textrefiner
 from textrefiner import TextRefiner, TextRefinerConfig
-from textrefiner._tiny import tiny_clip
+from textrefiner.testing import tiny_clip
 from textrefiner.cli import main
 
 D, T, C = 16, 12, 4
@@ -207,7 +207,7 @@ def test_failed_resume_loses_no_checkpoint(tiny_clip_dir, fake_data_root, tmp_pa
     checkpoint = out / "checkpoint"
     files = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
     # resuming with another model width fails clearly ...
-    from textrefiner._tiny import save_tiny_clip
+    from textrefiner.testing import save_tiny_clip
 
     wider = save_tiny_clip(tmp_path / "wider", projection_dim=40)
     assert _train(wider, fake_data_root, out, "--resume") == 2

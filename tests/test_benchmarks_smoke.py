@@ -36,3 +36,22 @@ def test_run_all_passes_smoke_through(tmp_path):
     summary = (tmp_path / "cpu_smoke_summary.md").read_text()
     assert "Cache write" in summary
     assert not (tmp_path / "cpu_cache_write.json").exists()  # smoke results never overwrite real ones
+
+
+def test_smoke_results_default_to_a_git_ignored_folder():
+    import shutil
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(BENCH))
+    args = _common.parser("x").parse_args(["--smoke", "--device", "cpu"])
+    _common.resolve(args, warmup=1, steps=1)
+    assert args.output_dir == BENCH / "results" / "smoke"
+    args = _common.parser("x").parse_args(["--device", "cpu"])
+    _common.resolve(args, warmup=1, steps=1)
+    assert args.output_dir == BENCH / "results"  # real results stay where the README links them
+    if shutil.which("git") and (BENCH.parent / ".git").exists():
+        probe = "benchmarks/results/smoke/cpu_smoke_x.json"
+        assert subprocess.run(["git", "check-ignore", "-q", probe], cwd=BENCH.parent).returncode == 0

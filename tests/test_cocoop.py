@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from textrefiner._tiny import tiny_clip, tiny_tokenizer
+from textrefiner.testing import tiny_clip, tiny_tokenizer
 from textrefiner.learners.cocoop import CoCoOp
 from textrefiner.learners.coop import CoOp
 from textrefiner.losses import select_tokens, semantic_loss

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from test_text_encoder import NAMES, reference_features, tiny_text_model, tokenizer_for
 
-from textrefiner._tiny import tiny_tokenizer
+from textrefiner.testing import tiny_tokenizer
 from textrefiner.learners import CoOp
 
 

@@ -15,6 +15,7 @@ def test_demo_command_runs_offline_and_says_it_is_a_smoke_run(tmp_path):
     done = subprocess.run(cmd + ["--work-dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
+    assert "Loading weights" not in done.stderr and "Writing model shards" not in done.stderr  # theirs off, unless --verbose
     assert out.count("SMOKE RUN OF THE PIPELINE, NOT A RESULT") == 2  # before and after, next to the table
     assert "| method | dataset | seeds | base | novel | hm |" in out
     assert "| coop | eurosat | 1 |" in out and "| coop + TextRefiner | eurosat | 1 |" in out

@@ -219,7 +219,7 @@ def test_missing_image_is_named(tiny_clip_dir, fake_data_root, tmp_path, capsys)
 
 
 def test_promptkd_distils_on_unlabelled_images_from_the_command(tiny_clip_dir, fake_data_root, tmp_path):
-    from textrefiner._tiny import save_tiny_clip
+    from textrefiner.testing import save_tiny_clip
 
     teacher = save_tiny_clip(tmp_path / "teacher", seed=3, hidden_size=48, projection_dim=40)
     folder = tmp_path / "unlabelled"

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import textrefiner
-from textrefiner._tiny import tiny_clip, tiny_tokenizer
+from textrefiner.testing import tiny_clip, tiny_tokenizer
 from textrefiner.learners._vision import default_depth
 from textrefiner.learners.maple import MaPLe
 from textrefiner.methods import build_method

@@ -31,3 +31,19 @@ def test_version_in_one_place_and_typed():
 
     assert version("textrefiner") == textrefiner.__version__
     assert files("textrefiner").joinpath("py.typed").is_file()
+
+
+def test_testing_module_is_public_and_offline(tmp_path):
+    import textrefiner._tiny as old
+    import textrefiner.testing as testing
+
+    assert testing.__all__ == sorted(testing.__all__)
+    for name in testing.__all__:
+        assert getattr(testing, name).__doc__ or name.isupper(), name
+    assert old.save_tiny_clip is testing.save_tiny_clip  # the former private name still works
+    from transformers import CLIPModel
+
+    path = testing.save_tiny_clip(tmp_path / "clip", seed=3)
+    again = CLIPModel.from_pretrained(path)
+    for key, value in testing.tiny_clip(seed=3).state_dict().items():
+        assert (again.state_dict()[key] == value).all(), key

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from textrefiner._tiny import save_tiny_clip, tiny_clip, tiny_tokenizer
+from textrefiner.testing import save_tiny_clip, tiny_clip, tiny_tokenizer
 from textrefiner.learners.promptkd import PromptKDStudent, teacher_image_features, teacher_text_features
 from textrefiner.losses import kl_to_teacher
 from textrefiner.methods import build_method

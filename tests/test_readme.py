@@ -1,16 +1,61 @@
-"""Every Python snippet of the README runs, in order, on a tiny CLIP saved offline."""
+"""The README's code runs as written: its Python snippets in order, and its `textrefiner` commands.
+
+Nothing in the snippets is rewritten. What changes is the machine they run on, as a user's
+would differ: the Hub id ``openai/clip-vit-base-patch16`` resolves, offline, to a tiny random
+CLIP placed in a fresh Hugging Face cache under that id, and ``~/data`` is a fresh home folder
+holding the dataset the README's own ``make_fake_dataset`` call writes.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 HUB_ID = "openai/clip-vit-base-patch16"
 
 
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
+
+
 def _snippets() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    return _blocks("python")
+
+
+def _fake_dataset_call() -> str:
+    """The README's own ``make_fake_dataset(root, ...)`` call, as printed."""
+    (call,) = re.findall(r"`(?:textrefiner\.data\.)?(make_fake_dataset\(root, [^`]*\))`", README.read_text())
+    return call
+
+
+@pytest.fixture
+def readme_machine(tmp_path, tiny_clip_dir):
+    """A home folder, an offline Hugging Face cache holding HUB_ID, and a working folder."""
+    repo = tmp_path / "hf-cache" / f"models--{HUB_ID.replace('/', '--')}"
+    commit = "0" * 40
+    shutil.copytree(tiny_clip_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    home = tmp_path / "home"
+    home.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, HOME=str(home), HF_HUB_CACHE=str(tmp_path / "hf-cache"), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("HF_HOME", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH", "")]))
+    setup = f"import os\nfrom textrefiner.data import make_fake_dataset\nroot = os.path.expanduser('~/data')\n{_fake_dataset_call()}\n"
+    done = subprocess.run([sys.executable, "-c", setup], env=env, cwd=work, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return env, work
 
 
 def test_readme_has_snippets_that_use_the_public_api():
@@ -19,20 +64,52 @@ def test_readme_has_snippets_that_use_the_public_api():
     joined = "\n".join(snippets)
     for call in ("textrefiner.attach(", ".refine(", ".loss(", ".bake(", ".save_pretrained(", ".from_pretrained("):
         assert call in joined, call
+    assert HUB_ID in joined and '"~/data"' in joined  # what the fixture's machine provides
 
 
-def test_readme_snippets_run(tiny_clip_dir, tmp_path, monkeypatch):
-    from textrefiner.data import make_fake_dataset
+@pytest.mark.slow
+def test_readme_python_snippets_run_as_written(readme_machine):
+    env, work = readme_machine
+    script = "\n".join(f"# ---- README.md python snippet {i + 1}\n{code}" for i, code in enumerate(_snippets()))
+    # appended checks, after the README's code: the loop saved, detached and restored an equal refiner
+    script += (
+        "\n# ---- checks\n"
+        "assert refiner._capture is None\n"
+        "for key, value in refiner.state_dict().items():\n"
+        "    assert (restored.state_dict()[key] == value).all(), key\n"
+        "print('README snippets ran')\n"
+    )
+    (work / "readme_snippets.py").write_text(script)
+    done = subprocess.run([sys.executable, "readme_snippets.py"], env=env, cwd=work, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "README snippets ran" in done.stdout
 
-    monkeypatch.chdir(tmp_path)
-    data = tmp_path / "data"
-    make_fake_dataset(data, "eurosat", num_classes=4, images_per_class=40)
-    namespace: dict = {"__name__": "readme"}
-    for i, code in enumerate(_snippets()):
-        code = code.replace(HUB_ID, str(tiny_clip_dir)).replace('"~/data"', repr(str(data)))
-        exec(compile(code, f"README.md snippet {i + 1}", "exec"), namespace)
-    # the training loop ran, saved, detached and restored a refiner equal to the trained one
-    refiner, restored = namespace["refiner"], namespace["restored"]
-    assert refiner._capture is None
-    for key, value in refiner.state_dict().items():
-        assert (restored.state_dict()[key] == value).all(), key
+
+def _command_lines() -> list[str]:
+    """The `textrefiner ...` lines of the README's command block, comments dropped, continuations joined."""
+    section = README.read_text().split("## The `textrefiner` command", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    lines = []
+    for line in block.replace("\\\n", " ").splitlines():
+        line = re.sub(r"\s+#.*$", "", line).strip()
+        if line:
+            lines.append(line)
+    return lines
+
+
+@pytest.mark.slow
+def test_readme_commands_run_as_written(readme_machine):
+    env, work = readme_machine
+    lines = _command_lines()
+    assert [line.split()[1] for line in lines] == ["demo", "train", "eval", "table", "datasets"]
+    env = dict(env, PATH=os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")]))  # the venv's scripts
+    assert shutil.which("textrefiner", path=env["PATH"]), "the textrefiner command is not installed (pip install -e .)"
+    for line in lines:
+        if line.split()[1] == "demo":  # tests/test_demo.py runs it; it needs nothing from this machine
+            continue
+        done = subprocess.run(["bash", "-c", line], env=env, cwd=work, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (line, done.stdout[-2000:], done.stderr[-4000:])
+        if line.split()[1] in ("train", "eval"):
+            assert "| coop + TextRefiner | eurosat | 1 |" in done.stdout, line
+            assert "Loading weights" not in done.stderr  # transformers' own bars are off unless --verbose
+    assert (work / "runs" / "coop_tr" / "table.md").read_text().startswith("| method | dataset | seeds | base | novel | hm |")

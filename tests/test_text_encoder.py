@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from textrefiner._tiny import CONTEXT_LENGTH, VOCAB_SIZE, _vocab, tiny_clip, tiny_clip_config, tiny_tokenizer
+from textrefiner.testing import CONTEXT_LENGTH, VOCAB_SIZE, _vocab, tiny_clip, tiny_clip_config, tiny_tokenizer
 from textrefiner.learners import PromptedTextEncoder
 
 NAMES = ["cat", "dog", "golden retriever", "x-ray"]

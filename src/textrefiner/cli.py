@@ -414,7 +414,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=4, help="training epochs per run")
     p.add_argument("--methods", nargs="+", default=["coop"], help="methods to run, each with and without TextRefiner (default: coop)")
     p.set_defaults(func=cmd_demo)
+
+    for name in ("train", "eval", "demo"):  # the commands that load models
+        sub.choices[name].add_argument(
+            "--verbose", action="store_true", help="also show transformers' own progress bars (Loading weights, Writing model shards)"
+        )
     return parser
+
+
+def _quiet_hf() -> None:
+    """Turn off transformers' and huggingface_hub's own progress bars; our tqdm bars are unaffected."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -424,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what was written, for `train --recipe`
+    if not getattr(args, "verbose", True):
+        _quiet_hf()
     try:
         return args.func(args)
     except (ValueError, OSError, TypeError, ImportError) as err:  # OSError: a folder or disk the user can fix
