@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["coop"], help="methods to run, each with and without TextRefiner (default: coop)")
     p.set_defaults(func=cmd_demo)
 
-    for name in ("train", "eval", "demo"):  # the commands that load models
+    for name in ("train", "eval", "inspect", "demo"):  # the commands that load models
         sub.choices[name].add_argument(
             "--verbose", action="store_true", help="also show transformers' own progress bars (Loading weights, Writing model shards)"
         )
