@@ -188,7 +188,9 @@ def load_pretrained(name_or_path: str) -> tuple[torch.nn.Module, Any, Any]:
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     from ._layouts import find_layout
+    from .mini.model import resolve
 
+    name_or_path = resolve(name_or_path)  # "mini": the mini CLIP shipped in the package
     try:
         model = AutoModel.from_pretrained(name_or_path)
         find_layout(model)  # an unsupported family is named before anything else is loaded
@@ -709,7 +711,9 @@ def evaluate_run(
     if processor is None:
         from transformers import AutoImageProcessor
 
-        processor = AutoImageProcessor.from_pretrained(cfg.model)
+        from .mini.model import resolve
+
+        processor = AutoImageProcessor.from_pretrained(resolve(cfg.model))
     transform = transforms_from_processor(processor, train=False)
 
     def accuracy(name: str, subsample: str) -> float:

@@ -205,10 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
     p.add_argument("--seed", type=int, default=0, help="seeds the pictures, captions and initialisation")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this small model on a busy machine)")
+    p.add_argument("--hidden-size", type=int, default=None, help="width of both towers (default: mini_clip_config's)")
+    p.add_argument("--layers", type=int, default=None, help="layers per tower (default: mini_clip_config's)")
+    p.add_argument("--patch-size", type=int, default=None, help="vision patch size in pixels (default: mini_clip_config's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    config = {k: v for k, v in (("hidden_size", args.hidden_size), ("num_hidden_layers", args.layers),
+                                ("patch_size", args.patch_size)) if v is not None}
     _, log = pretrain(args.output, steps=args.steps, batch_size=args.batch_size, pool=args.pool, lr=args.lr, seed=args.seed,
-                      threads=args.threads, progress=not args.no_progress)
+                      threads=args.threads, progress=not args.no_progress, **config)
     print(json.dumps(log, indent=2))
     return 0
 
