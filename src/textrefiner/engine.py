@@ -393,9 +393,16 @@ def _training_items(cfg: RunConfig) -> tuple[list, list[str]]:
     from dataclasses import replace
 
     from .data import load_dataset, unlabeled_items
+    from .data.sampling import TooFewShotsError
 
     if not (cfg.unlabeled or cfg.unlabeled_root):
-        data = load_dataset(cfg.dataset, cfg.root, shots=cfg.shots, seed=cfg.seed, subsample=cfg.subsample)
+        try:
+            data = load_dataset(cfg.dataset, cfg.root, shots=cfg.shots, seed=cfg.seed, subsample=cfg.subsample)
+        except TooFewShotsError as err:  # say it in the command's words, not the Python API's
+            raise ValueError(
+                f"class {err.classname!r} (label {err.label}) has {err.available} training image(s), fewer than "
+                f"--shots {err.shots}; lower --shots (to at most {err.available} for this dataset's smallest class)"
+            ) from None
         items, classnames = data.train, data.classnames
     else:
         data = load_dataset(cfg.dataset, cfg.root, shots=0, seed=cfg.seed, subsample="all", check_files=cfg.unlabeled_root is None)

@@ -15,6 +15,17 @@ from typing import Sequence
 from .item import Item
 
 
+class TooFewShotsError(ValueError):
+    """A class has fewer images than the shots asked for; says which class and both counts."""
+
+    def __init__(self, classname: str, label: int, available: int, shots: int) -> None:
+        self.classname, self.label, self.available, self.shots = classname, label, available, shots
+        super().__init__(
+            f"class {classname!r} (label {label}) has {available} image(s), fewer than shots={shots}; "
+            "lower the shots or pass allow_fewer=True to keep all of them"
+        )
+
+
 def few_shot(
     items: Sequence[Item], shots: int, rng: random.Random | int, *, allow_fewer: bool = False
 ) -> list[Item]:
@@ -32,7 +43,8 @@ def few_shot(
         The picked items, classes in order of first appearance.
 
     Raises:
-        ValueError: negative ``shots``; a class with fewer than ``shots`` images and
+        ValueError: negative ``shots``.
+        TooFewShotsError: (a ValueError) a class with fewer than ``shots`` images and
             ``allow_fewer`` False (the message names the class and both counts).
     """
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
@@ -51,8 +63,5 @@ def few_shot(
         elif allow_fewer:
             picked += group
         else:
-            raise ValueError(
-                f"class {group[0].classname!r} (label {label}) has {len(group)} image(s), fewer than shots={shots}; "
-                "lower the shots or pass allow_fewer=True to keep all of them"
-            )
+            raise TooFewShotsError(group[0].classname, label, len(group), shots)
     return picked
