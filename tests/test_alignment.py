@@ -35,4 +35,6 @@ def test_factory_kwargs():
 
 
 def test_sync_batchnorm_option():
-    assert isinstance(FeatureAlignment(4, 3, sync_batchnorm=True).norm, torch.nn.SyncBatchNorm)
+    norm = FeatureAlignment(4, 3, sync_batchnorm=True).norm
+    assert norm.sync and isinstance(norm, torch.nn.BatchNorm1d)
+    assert not FeatureAlignment(4, 3).norm.sync

@@ -268,7 +268,7 @@ def test_load_errors_are_readable(tmp_path):
     weights.write_bytes(weights.read_bytes()[:50])
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         TextRefiner.from_pretrained(corrupt)
-    with pytest.raises(FileNotFoundError, match="is not a directory"):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
         TextRefiner.from_pretrained(tmp_path / "nope" / "deeper")
 
 

@@ -50,15 +50,26 @@ def save_refiner(refiner: TextRefiner, save_directory: str | os.PathLike) -> Pat
     return directory
 
 
+def _looks_local(name: str) -> bool:
+    """A path rather than a Hub id: absolute, ``./``/``../``/``~``, backslashes, more than one ``/``,
+    or a first component that is an existing local folder (``runs/refiner`` with ``runs/`` here)."""
+    if name.startswith((".", "~", "/")) or "\\" in name or os.path.isabs(name) or name.count("/") != 1:
+        return True
+    return Path(name.split("/", 1)[0]).is_dir()
+
+
 def _resolve(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Path:
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
-    if path.exists() or not _REPO_ID.fullmatch(str(name_or_path)):
-        raise FileNotFoundError(f"{name_or_path} is not a directory holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+    name = str(name_or_path)
+    if path.exists():
+        raise FileNotFoundError(f"{name} is a file; expected a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+    if isinstance(name_or_path, os.PathLike) or _looks_local(name) or not _REPO_ID.fullmatch(name):
+        raise FileNotFoundError(f"no such folder: {name} (expected a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}, or a Hub id user/name)")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(str(name_or_path), allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs))
+    return Path(snapshot_download(name, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs))
 
 
 def load_refiner(
@@ -73,6 +84,10 @@ def load_refiner(
         state = load_file(str(weights), device=str(device) if device is not None else "cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{weights} is not a readable safetensors file (corrupt or truncated?): {err}") from err
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = value[~torch.isfinite(value)].flatten()[0].item()
+            raise ValueError(f"{weights}: tensor `{key}` holds non-finite values ({bad}); refusing a refiner that would compute NaN")
     refiner = cls(config, device=device)
     load_state(refiner, state, source=str(weights))
     return refiner

@@ -73,10 +73,6 @@ def _is_compiled(module: nn.Module) -> bool:
     return type(module).__name__ == "OptimizedModule" or getattr(module, "_compiled_call_impl", None) is not None
 
 
-def _detached() -> None:
-    return None
-
-
 class VisionCapture:
     """The hooks :func:`attach` adds to one model; ``remove()`` takes every one of them off.
 
@@ -109,12 +105,15 @@ class VisionCapture:
         self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None  # last layer's attention input
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    # A copied or pickled refiner comes back detached: the hooks belong to this model and refiner.
-    def __deepcopy__(self, memo: dict) -> None:
-        return None
-
-    def __reduce__(self) -> tuple:
-        return (_detached, ())
+    # A copied or pickled *model* (copy.deepcopy, torch.save + torch.load) carries copies of these
+    # hooks, bound to a copy of this capture that feeds no refiner: at the copy's first forward they
+    # find no target and remove themselves, so the copy is a plain, detached model. (A copied or
+    # pickled refiner comes back detached too: TextRefiner drops its `_capture`.)
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_target"] = None  # a weak reference, neither copyable nor picklable; the copy feeds nothing
+        state["_pending"] = None  # a forward's tensors
+        return state
 
     @property
     def token_dim(self) -> int:

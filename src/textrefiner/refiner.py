@@ -70,7 +70,8 @@ class TextRefiner(nn.Module):
         top_k: patches with the highest CLS attention kept by the semantic loss.
         semantic_weight: lambda_1.
         regularization_weight: lambda_2.
-        sync_batchnorm: use SyncBatchNorm in the alignment MLP (data-parallel training).
+        sync_batchnorm: share the alignment BatchNorm's batch statistics across data-parallel ranks
+            (any device and backend; see :class:`~textrefiner.alignment.TokenBatchNorm`).
         strict: check input values (NaN/Inf) eagerly and raise at once, at the cost of host
             syncs; ``None`` reads the environment variable ``TEXTREFINER_STRICT``. Otherwise bad
             values are refused on the device and reported by :meth:`check_writes`.
