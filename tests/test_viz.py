@@ -109,10 +109,10 @@ def run_dir(tiny_clip_dir, fake_data_root, tmp_path_factory):
 def test_inspect_renders_every_figure_with_the_methods_own_numbers(run_dir, tmp_path, capsys):
     out = tmp_path / "inspect"
     assert main(["inspect", str(run_dir), "--output-dir", str(out), "--num-images", "2"]) == 0
-    assert "wrote 4 figures" in capsys.readouterr().out.splitlines()[-1]
+    assert "wrote 5 figures" in capsys.readouterr().out.splitlines()[-1]
     summary = json.loads((out / "summary.json").read_text())
     figures = summary["figures"]
-    assert sorted(figures) == ["curves", "reads", "slots"] and len(figures["slots"]) == 2
+    assert sorted(figures) == ["curves", "overview", "reads", "slots"] and len(figures["slots"]) == 2
     log = json.loads((run_dir / "log.json").read_text())
     _check_png(out / "curves.png", _size(viz.plot_curves(log, title="t")))
     reads = summary["reads"]
@@ -121,7 +121,7 @@ def test_inspect_renders_every_figure_with_the_methods_own_numbers(run_dir, tmp_
     for path in figures["slots"]:
         _check_png(path, _size(viz.plot_slots(torch.rand(3, 32, 32), torch.rand(65, 6), title="t")))
     html = (out / "index.html").read_text()
-    for name in ("curves.png", "reads.png", "slots_0.png", "slots_1.png"):
+    for name in ("curves.png", "reads.png", "slots.png", "slots_0.png", "slots_1.png"):
         assert f'src="{name}"' in html  # relative links: the folder can be moved or published as is
 
     # the reads are softmax(cos(E, A)) of the run's own class embeddings and cache, base + novel
@@ -149,6 +149,13 @@ def test_inspect_renders_every_figure_with_the_methods_own_numbers(run_dir, tmp_
         assert item["cls_slot"] == slot[b, 0].item()
         assert item["patches_per_slot"] == torch.bincount(slot[b, 1:], minlength=6).tolist()
         assert item["true"] in classnames and item["predicted"] in classnames
+    # the overview's columns: the slots these images use, most patches first
+    images = torch.rand(2, 3, 32, 32)
+    fig = viz.plot_slot_overview(images, (v @ cache.T).float(), slot)
+    _check_png(out / "slots.png", _size(viz.plot_slot_overview(images, (v @ cache.T).float(), slot, labels=["a", "b"], title="t")))
+    totals = torch.bincount(slot[:, 1:].flatten(), minlength=6)
+    used = sorted((j for j in range(6) if totals[j] > 0), key=lambda j: (-totals[j].item(), j))
+    assert [ax.get_title() for ax in fig.axes[2 : 2 + len(used)]] == [f"slot {j}" for j in used]
     method.detach()
 
 
@@ -182,7 +189,7 @@ def test_inspect_reads_what_each_method_passes_its_refiner(method, tiny_clip_dir
     ]
     assert main(args) == 0
     summary = viz.inspect_run(out, tmp_path / "inspect", num_images=2)
-    for path in [summary["figures"]["reads"], *summary["figures"]["slots"]]:
+    for path in [summary["figures"]["reads"], summary["figures"]["overview"], *summary["figures"]["slots"]]:
         _check_png(path)
     reads = summary["reads"]
     weights = torch.tensor(reads["weights"], dtype=torch.float64)  # (C, M)

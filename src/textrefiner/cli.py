@@ -306,7 +306,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for note in summary["notes"]:
         print(f"note: {note}")
     figures = summary["figures"]
-    pngs = [f for key in ("curves", "reads") if key in figures for f in [figures[key]]] + figures.get("slots", [])
+    pngs = [figures[key] for key in ("curves", "reads", "overview") if key in figures] + figures.get("slots", [])
     print(f"wrote {len(pngs)} figures and {figures['index']}")
     return 0
 

@@ -14,7 +14,7 @@ display, are freed when dropped and show inline in Jupyter.
 from __future__ import annotations
 
 from ._mpl import DPI, INSTALL_HINT, save
-from .figures import plot_curves, plot_reads, plot_results, plot_slots
+from .figures import plot_curves, plot_reads, plot_results, plot_slot_overview, plot_slots
 from .report import inspect_run, load_run
 from .maths import SlotAssignment, read_weights, slot_scores, top_slots
 
@@ -27,6 +27,7 @@ __all__ = [
     "plot_curves",
     "plot_reads",
     "plot_results",
+    "plot_slot_overview",
     "plot_slots",
     "read_weights",
     "save",

@@ -119,6 +119,84 @@ def plot_slots(
     return fig
 
 
+def plot_slot_overview(
+    images: torch.Tensor,
+    scores: torch.Tensor,
+    slot: torch.Tensor | None = None,
+    *,
+    max_slots: int = 8,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Any:
+    """A few images at once: one row per image, one column per cache slot they use most.
+
+    Columns: the image, its slot map (each patch coloured by its assigned slot), then the (at
+    most ``max_slots``) slots that take the most patches over all these images, most first, each a
+    heat map of ``cos(aligned patch, A_j)``, opaque on the patches assigned to ``j``. One colour
+    scale for the whole figure. :func:`plot_slots` shows every slot of one image.
+
+    Args:
+        images: (B, 3, H, W) in [0, 1].
+        scores: (B, N+1, M) token-to-slot scores, CLS first (:func:`slot_scores`).
+        slot: (B, N+1) assigned slots; defaults to ``scores.argmax(-1)``.
+        max_slots: most slot columns shown.
+        labels: one caption per image (row).
+        title: figure title.
+
+    Returns:
+        The figure.
+    """
+    import numpy as np
+
+    scores = scores.detach().float().cpu()
+    if scores.dim() != 3 or images.shape[0] != scores.shape[0]:
+        raise ValueError(f"expected scores (B, N+1, M) for the B = {images.shape[0]} images, got {tuple(scores.shape)}")
+    slot = scores.argmax(-1) if slot is None else slot.detach().cpu()
+    b, n_tokens, m = scores.shape
+    g = _patch_grid(n_tokens - 1)
+    heat = scores[:, 1:].reshape(b, g, g, m).permute(0, 3, 1, 2).numpy()  # (B, M, g, g)
+    owner = slot[:, 1:].reshape(b, g, g).numpy()  # (B, g, g)
+    totals = np.bincount(owner.ravel(), minlength=m)  # (M,) patches per slot over all images
+    shown = [int(j) for j in np.argsort(-totals, kind="stable") if totals[j] > 0][:max_slots]  # used slots, most first
+    colors = slot_colors(m)
+    cols = 2 + len(shown)
+    fig = new_figure(1.45 * cols + 1.2, 1.5 * b + 0.45 + (0.3 if title else 0.0))
+    axes = fig.subplots(b, cols, squeeze=False)
+    vmin, vmax = float(heat.min()), float(heat.max())
+    cmap = colormap("magma")
+    for i in range(b):
+        pixels = _image_hwc(images[i])
+        h, w = pixels.shape[:2]
+        extent = (0, w, h, 0)
+        row = axes[i]
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(pixels)
+        row[1].imshow(colors[owner[i]][..., :3], extent=extent, alpha=0.6, interpolation="nearest")
+        if labels is not None:
+            row[0].set_ylabel(labels[i], fontsize=7)
+        for ax, j in zip(row[2:], shown):
+            alpha = np.where(owner[i] == j, 0.85, 0.25)
+            ax.imshow(heat[i, j], extent=extent, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, interpolation="nearest")
+            count = int((owner[i] == j).sum())
+            ax.set_xlabel(f"{count} patch{'es' if count != 1 else ''}", fontsize=7)
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colors[j])
+                spine.set_linewidth(2.5)
+    axes[0, 0].set_title("image", fontsize=8)
+    axes[0, 1].set_title("slot map", fontsize=8)
+    for ax, j in zip(axes[0, 2:], shown):
+        ax.set_title(f"slot {j}", fontsize=8)
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig.colorbar(ScalarMappable(Normalize(vmin, vmax), cmap), ax=list(axes.ravel()), shrink=0.6, label="cos(aligned patch, slot)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def plot_reads(
     weights: torch.Tensor,
     classnames: Sequence[str],
@@ -169,7 +247,13 @@ def plot_reads(
     return fig
 
 
-def plot_curves(log: Sequence[Mapping[str, Any]], *, selected_epoch: int | None = None, title: str | None = None) -> Any:
+def plot_curves(
+    log: Sequence[Mapping[str, Any]],
+    *,
+    selected_epoch: int | None = None,
+    parts: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Any:
     """Training curves from a run's ``log.json``: loss and its parts, accuracy, learning rate.
 
     Args:
@@ -177,6 +261,8 @@ def plot_curves(log: Sequence[Mapping[str, Any]], *, selected_epoch: int | None 
             ``regularization``/``kd``, ``train_acc``, ``lr``, and ``val_acc`` when the run
             selects by validation).
         selected_epoch: mark this epoch (the one a best-validation run kept).
+        parts: the loss keys to draw (default: ``loss`` and every other numeric key that is not
+            an epoch, learning rate, accuracy or time).
         title: figure title.
 
     Returns:
@@ -192,7 +278,9 @@ def plot_curves(log: Sequence[Mapping[str, Any]], *, selected_epoch: int | None 
         points = [(r["epoch"], r[key]) for r in log if isinstance(r.get(key), (int, float))]
         return [p[0] for p in points], [p[1] for p in points]
 
-    losses = [k for k in dict.fromkeys(k for r in log for k in r) if k not in _NOT_LOSSES and isinstance(log[0].get(k), (int, float))]
+    losses = list(parts) if parts is not None else [
+        k for k in dict.fromkeys(k for r in log for k in r) if k not in _NOT_LOSSES and isinstance(log[0].get(k), (int, float))
+    ]
     for key in losses:
         ax_loss.plot(*series(key), "o-", markersize=3, label="total" if key == "loss" else key, linewidth=2 if key == "loss" else 1)
     if all(v > 0 for k in losses for v in series(k)[1]):

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from ._mpl import save
-from .figures import plot_curves, plot_reads, plot_slots
+from .figures import plot_curves, plot_reads, plot_slot_overview, plot_slots
 from .maths import read_weights, slot_scores, top_slots
 
 
@@ -210,6 +210,10 @@ def _cache_figures(run_dir: Path, out: Path, cfg: Any, summary: dict[str, Any], 
 
     assignment = slot_scores(refiner, tokens)  # (B, N+1, M), (B, N+1)
     predicted = logits.argmax(-1).tolist()
+    captions = [(f"true {true}\n" if true else "") + f"predicted {classnames[p]}" for (_, true), p in zip(picked, predicted)]
+    fig = plot_slot_overview(display, assignment.scores.cpu(), assignment.slot.cpu(), labels=captions,
+                             title=f"{name}: the cache slots these images' patches are written to (most used first)")
+    summary["figures"]["overview"] = str(save(fig, out / "slots.png"))
     summary["images"] = []
     for i, ((path, true), pred) in enumerate(zip(picked, predicted)):
         caption = f"{Path(path).name}: " + (f"true {true}, " if true else "") + f"predicted {classnames[pred]}"
@@ -267,7 +271,8 @@ def _index_html(summary: dict[str, Any], out: Path) -> str:
         parts += ["<h2>Cache slots on images</h2>",
                   "<p>Each image's patches, aligned by the refiner's own MLP: the slot map colours a patch by the slot its "
                   "token is written to; each small multiple shows <code>cos(aligned patch, slot)</code>, opaque on the "
-                  "patches assigned to that slot.</p>"]
+                  "patches assigned to that slot. First the slots these images use most, then every slot, image by image.</p>",
+                  img(figures["overview"], "the cache slots these images use most")]
         for item in summary["images"]:
             label = (f"true {item['true']}, " if item["true"] else "") + f"predicted {item['predicted']}"
             parts += [f"<h3>{esc(Path(item['path']).name)}: {esc(label)}</h3>", img(item["figure"], f"cache slots on {label}")]
