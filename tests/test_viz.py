@@ -166,7 +166,7 @@ def test_inspect_without_refiner_draws_the_curves_of_the_selected_run(run_dir, t
     plain = tmp_path / "plain"
     shutil.copytree(run_dir, plain)
     cfg = json.loads((plain / "run_config.json").read_text())
-    (plain / "run_config.json").write_text(json.dumps(cfg | {"textrefiner": False}))
+    (plain / "run_config.json").write_text(json.dumps(cfg | {"textrefiner": False, "refiner_options": {}}))
     summary = viz.inspect_run(plain, tmp_path / "out")
     assert sorted(summary["figures"]) == ["curves", "index"]
     assert any("without TextRefiner" in n for n in summary["notes"])
