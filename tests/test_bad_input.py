@@ -196,10 +196,10 @@ def test_split_file_pointing_at_missing_images(tiny_clip_dir, fake_data_root, tm
 
 
 def test_shots_larger_than_the_data(tiny_clip_dir, fake_data_root, tmp_path, capsys):
-    assert _train(tiny_clip_dir, fake_data_root, tmp_path / "run", "--shots", "1000") == 2
+    assert _train(tiny_clip_dir, fake_data_root, tmp_path / "run", "--shots", "1000", "--strict-shots") == 2
     err = capsys.readouterr().err
     assert "fewer than --shots 1000; lower --shots" in err
-    assert "allow_fewer" not in err  # the Python API's option: the command has none by that name
+    assert "allow_fewer" not in err and "drop --strict-shots" in err  # without it: all kept, with a warning  # the Python API's option: the command has none by that name
 
 
 def test_failed_resume_loses_no_checkpoint(tiny_clip_dir, fake_data_root, tmp_path, capsys):

@@ -186,7 +186,7 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tiny_clip_dir, fake
     [
         (["--dataset", "nosuchset"], "unknown dataset"),
         (["--model", "/nonexistent/model"], "could not load a CLIP-family model from '/nonexistent/model'"),
-        (["--shots", "500"], "fewer than --shots 500"),
+        (["--shots", "500", "--strict-shots"], "fewer than --shots 500"),
     ],
 )
 def test_command_errors_are_clear(tiny_clip_dir, fake_data_root, tmp_path, capsys, extra, message):

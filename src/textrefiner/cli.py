@@ -55,6 +55,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="dataset name (see `textrefiner datasets`) or imagefolder")
     p.add_argument("--root", required=True, help="data folder in the CoOp layout")
     p.add_argument("--shots", type=int, default=16, help="training images per class (0: all)")
+    p.add_argument(
+        "--strict-shots", action="store_true",
+        help="stop with an error when a class has fewer training images than --shots (default: keep all of them, "
+        "with a warning naming the classes, as the reference does)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seeds few-shot sampling, initialisation and data order")
     p.add_argument("--subsample", default="base", choices=["base", "novel", "all"], help="classes to train on")
     p.add_argument("--epochs", type=int, default=10, help="training epochs")
@@ -144,7 +149,7 @@ def _run_config(args: argparse.Namespace):
         method_options=method_options, refiner_options=refiner, teacher=args.teacher, progress=not args.no_progress,
         unlabeled=args.unlabeled, unlabeled_root=args.unlabeled_root, select=args.select, val_split=args.val_split,
         log_every=args.log_every, compile=args.compile,
-        kd_weight=args.kd_weight,
+        kd_weight=args.kd_weight, strict_shots=args.strict_shots,
     )
     if args.recipe is not None:
         from .recipes import apply_recipe

@@ -54,6 +54,7 @@ class RunConfig:
     method: str = "coop"  # prompt learner: one of METHODS
     textrefiner: bool = True  # add TextRefiner to the prompt learner
     shots: int = 16  # training images per class (0 or less: all)
+    strict_shots: bool = False  # a class with fewer than `shots` images is an error (default: keep all, warn)
     seed: int = 1  # seeds few-shot sampling, initialisation and data order
     subsample: str = "base"  # classes to train on: base, novel or all
     epochs: int = 10
@@ -397,11 +398,12 @@ def _training_items(cfg: RunConfig) -> tuple[list, list[str]]:
 
     if not (cfg.unlabeled or cfg.unlabeled_root):
         try:
-            data = load_dataset(cfg.dataset, cfg.root, shots=cfg.shots, seed=cfg.seed, subsample=cfg.subsample)
+            data = load_dataset(cfg.dataset, cfg.root, shots=cfg.shots, seed=cfg.seed, subsample=cfg.subsample, allow_fewer=not cfg.strict_shots)
         except TooFewShotsError as err:  # say it in the command's words, not the Python API's
             raise ValueError(
                 f"class {err.classname!r} (label {err.label}) has {err.available} training image(s), fewer than "
-                f"--shots {err.shots}; lower --shots (to at most {err.available} for this dataset's smallest class)"
+                f"--shots {err.shots}; lower --shots (to at most {err.available} for this dataset's smallest class), or drop "
+                "--strict-shots to keep all of its images, as the reference does"
             ) from None
         items, classnames = data.train, data.classnames
     else:

@@ -39,6 +39,15 @@ def image_files(path: Path) -> list[str]:
     )
 
 
+def image_files_as_listed(path: Path) -> list[str]:
+    """Names of the non-hidden image files in ``path`` in the order ``os.listdir`` returns them.
+
+    Dassl's ``listdir_nohidden`` (the reference's ImageNet-family readers) keeps the filesystem's
+    order; few-shot picks depend on it, so the ImageNet reader freezes it on first use.
+    """
+    return [n for n in os.listdir(path) if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)]
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())

@@ -1,7 +1,10 @@
 """One reader per dataset layout: raw (train, val, test) items with the names as stored on disk.
 
-Each mirrors the matching CoOp ``datasets/*.py`` reader (see datasets.py for the table);
-file listings are sorted so results do not depend on the filesystem's order.
+Each mirrors the matching CoOp ``datasets/*.py`` reader (see datasets.py for the table).
+Class folders are sorted. Image files are sorted too, except in the ImageNet family, where the
+reference keeps the filesystem's order (``os.listdir``): there the order is kept as listed, and
+ImageNet's listing is frozen on first use (``preprocessed.pkl`` of the reference when present,
+else ``preprocessed_textrefiner.json`` of ours), so later runs pick the same images.
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from ._files import image_files, read_json, read_lines, require_dir, require_file, subfolders, write_json
+from ._dassl_pickle import datum_items, read_dassl_pickle
+from ._files import image_files, image_files_as_listed, read_json, read_lines, require_dir, require_file, subfolders, write_json
 from .datasets import DatasetInfo
 from .item import Item
 from .splits import split_per_class
@@ -94,23 +98,65 @@ def _class_folder_items(folder_dir: Path, folders: list[str], names: dict[str, s
     for label, folder in enumerate(folders):
         if folder not in names:
             raise ValueError(f"class folder {folder!r} in {folder_dir} has no line in {names_path}")
-        files = image_files(folder_dir / folder)
+        files = image_files_as_listed(folder_dir / folder)
         if not files:
             raise ValueError(f"class folder {folder_dir / folder} has no images")
         items += [Item(str(folder_dir / folder / f), label, names[folder]) for f in files]
     return items
 
 
+PREPROCESSED = "preprocessed.pkl"  # the reference's frozen ImageNet listing
+FROZEN_LISTING = "preprocessed_textrefiner.json"  # ours, when the reference's is absent
+
+
+def image_marker(info: DatasetInfo) -> str:
+    """The dataset's image folder as it appears in the reference's absolute paths, e.g. ``imagenet/images/``."""
+    return "/".join(p for p in (info.dataset_dir, info.image_dir) if p) + "/"
+
+
 def read_imagenet(info: DatasetInfo, root: Path) -> Splits:
     dataset_dir = root / info.dataset_dir
+    image_dir = dataset_dir / info.image_dir
+    # CoOp: the official val set is the test set, and is also used as val
+    if (dataset_dir / PREPROCESSED).is_file():  # the reference's listing, frozen on its first use
+        data = read_dassl_pickle(dataset_dir / PREPROCESSED)
+        if not {"train", "test"} <= set(data):
+            raise ValueError(f"{dataset_dir / PREPROCESSED}: expected 'train' and 'test' lists, got {sorted(data)}")
+        train, test = (datum_items(data[k], dataset_dir / PREPROCESSED, image_dir, image_marker(info)) for k in ("train", "test"))
+        return train, test, test
+    if (dataset_dir / FROZEN_LISTING).is_file():
+        train, _, test = read_split_json(dataset_dir / FROZEN_LISTING, image_dir)
+        return train, test, test
     names_path = require_file(dataset_dir / "classnames.txt", "ImageNet class names", _DOCS)
     names = read_classnames_txt(names_path)
     out = []
     for part in ("train", "val"):
-        part_dir = require_dir(dataset_dir / info.image_dir / part, f"ImageNet {part} images", _DOCS)
+        part_dir = require_dir(image_dir / part, f"ImageNet {part} images", _DOCS)
         out.append(_class_folder_items(part_dir, subfolders(part_dir), names, names_path))
     train, test = out
-    return train, test, test  # CoOp: the official val set is the test set, and is also used as val
+    try:  # freeze the filesystem's order, as the reference does in preprocessed.pkl
+        write_split_json((train, [], test), dataset_dir / FROZEN_LISTING, image_dir)
+    except OSError as err:
+        warnings.warn(f"could not save the ImageNet listing to {dataset_dir / FROZEN_LISTING} ({err}); "
+                      "few-shot picks follow the filesystem's order, which may change")
+    return train, test, test
+
+
+def read_fewshot_pickle(info: DatasetInfo, root: Path, shots: int, seed: int) -> dict[str, list[Item]] | None:
+    """The reference's cached few-shot picks, ``split_fewshot/shot_K-seed_S.pkl``, when present.
+
+    Returns:
+        ``{"train": [...]}`` (and ``"val"`` for datasets with their own val split), or None.
+    """
+    dataset_dir = root / info.dataset_dir
+    path = dataset_dir / "split_fewshot" / f"shot_{shots}-seed_{seed}.pkl"
+    if not path.is_file():
+        return None
+    data = read_dassl_pickle(path)
+    if "train" not in data:
+        raise ValueError(f"{path}: expected a 'train' list of Datum records, got {sorted(data)}")
+    image_dir = dataset_dir / info.image_dir
+    return {k: datum_items(data[k], path, image_dir, image_marker(info)) for k in ("train", "val") if k in data}
 
 
 def read_imagenet_variant(info: DatasetInfo, root: Path) -> Splits:
@@ -134,7 +180,7 @@ def read_imagenetv2(info: DatasetInfo, root: Path) -> Splits:
     test = []
     for label, name in enumerate(names):  # folders are named by label: 0, 1, ..., in classnames.txt order
         class_dir = require_dir(image_dir / str(label), f"ImageNet-V2 folder for label {label} ({name!r})")
-        test += [Item(str(class_dir / f), label, name) for f in image_files(class_dir)]
+        test += [Item(str(class_dir / f), label, name) for f in image_files_as_listed(class_dir)]
     return [], [], test
 
 

@@ -2,7 +2,8 @@
 
 1. read the fixed train/val/test split (split file, label files or class folders);
 2. few-shot: ``shots`` per class from train, then ``min(shots, 4)`` per class from val, one
-   ``random.Random(seed)`` stream (CoOp's picks; see sampling.py);
+   ``random.Random(seed)`` stream (CoOp's picks; see sampling.py), or the reference's cached
+   picks ``split_fewshot/shot_K-seed_S.pkl`` when that file exists (read without executing it);
 3. keep the base or novel half of the classes and relabel (docs/method.md §7, splits.py);
 4. class names as prompts use them (``_`` -> space, as CoOp's prompt learner does).
 """
@@ -11,18 +12,19 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import _readers
 from .datasets import DatasetInfo, get_dataset_info
 from .item import Item, classnames_of, prompt_classname
-from .sampling import few_shot
+from .sampling import few_shot, short_classes
 from .splits import check_subsample, subsample_classes
 
 
 # Layouts whose image paths come from a split or list file rather than from listing folders.
-_LISTED_IN_FILES = ("zhou", "fgvc", "imagefolder", "mini")
+_LISTED_IN_FILES = ("zhou", "fgvc", "imagefolder", "mini", "imagenet")  # imagenet: a frozen listing may be stale
 
 
 @dataclass
@@ -71,8 +73,9 @@ def load_dataset(
         shots: training images per class; ``0`` keeps the whole training split.
         seed: seeds the few-shot picks (a private RNG; the global RNG is not touched).
         subsample: ``"all"``, ``"base"`` (first ``ceil(C/2)`` classes) or ``"novel"`` (the rest).
-        allow_fewer: keep every training image of a class with fewer than ``shots`` instead
-            of raising (validation always takes up to ``min(shots, 4)``, as CoOp does).
+        allow_fewer: keep every training image of a class with fewer than ``shots`` (as the
+            reference does), with a warning naming those classes, instead of raising
+            (validation always takes up to ``min(shots, 4)``, silently, as CoOp does).
         check_files: check that every image of the returned splits that a split or list file
             names exists (images found by listing folders exist by construction).
         split_seed: ``"imagefolder"`` only: seed of the generated 50/20/30 split.
@@ -105,7 +108,17 @@ def load_dataset(
     train, val, test = ([Item(it.impath, it.label, prompt_classname(it.classname)) for it in s] for s in (train, val, test))
     classnames = classnames_of(train, val, test)
 
-    if shots > 0:
+    cached = _readers.read_fewshot_pickle(info, root, shots, seed) if shots > 0 and info.layout in _readers.READERS else None
+    if cached is not None:  # the reference's own picks, cached on its first run with these shots and seed
+        train = [Item(it.impath, it.label, prompt_classname(it.classname)) for it in cached["train"]]
+        if "val" in cached and not info.val_is_test:
+            val = [Item(it.impath, it.label, prompt_classname(it.classname)) for it in cached["val"]]
+    elif shots > 0:
+        short = short_classes(train, shots)
+        if short and allow_fewer:
+            listed = ", ".join(f"{name!r} ({n})" for name, n in short[:10]) + (f" and {len(short) - 10} more" if len(short) > 10 else "")
+            warnings.warn(f"{info.title}: {len(short)} class(es) have fewer than shots={shots} training images; all of "
+                          f"their images are kept, as the reference does: {listed}", stacklevel=2)
         rng = random.Random(seed)
         train = few_shot(train, shots, rng, allow_fewer=allow_fewer)
         if not info.val_is_test:

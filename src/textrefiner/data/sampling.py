@@ -22,7 +22,7 @@ class TooFewShotsError(ValueError):
         self.classname, self.label, self.available, self.shots = classname, label, available, shots
         super().__init__(
             f"class {classname!r} (label {label}) has {available} image(s), fewer than shots={shots}; "
-            "lower the shots or pass allow_fewer=True to keep all of them"
+            "lower the shots, or keep all of its images as the reference does (allow_fewer=True)"
         )
 
 
@@ -65,3 +65,11 @@ def few_shot(
         else:
             raise TooFewShotsError(group[0].classname, label, len(group), shots)
     return picked
+
+
+def short_classes(items: Sequence[Item], shots: int) -> list[tuple[str, int]]:
+    """``(class name, image count)`` of every class with fewer than ``shots`` items, in label order."""
+    counts: dict[int, list] = {}
+    for item in items:
+        counts.setdefault(item.label, [item.classname, 0])[1] += 1
+    return [(name, n) for _, (name, n) in sorted(counts.items()) if n < shots]
