@@ -87,10 +87,12 @@ def test_recipe_kd_weights_agree_with_the_default_table():
 
 
 def test_explicit_flags_override_the_recipe():
-    cfg = _parsed("--recipe", COOP, "--lr", "0.01", "--n-ctx", "8", "--no-textrefiner", "--select", "last", "--alpha", "0.5")
-    assert (cfg.lr, cfg.textrefiner, cfg.select) == (0.01, False, "last")
+    cfg = _parsed("--recipe", COOP, "--lr", "0.01", "--n-ctx", "8", "--select", "last", "--alpha", "0.5")
+    assert (cfg.lr, cfg.textrefiner, cfg.select) == (0.01, True, "last")
     assert cfg.method_options["n_ctx"] == 8 and cfg.method_options["ctx_init"] == "a photo of a"
     assert cfg.refiner_options["alpha"] == 0.5 and cfg.refiner_options["cache_size"] == 25
+    plain = _parsed("--recipe", COOP, "--no-textrefiner")  # the recipe's TextRefiner settings go with it
+    assert (plain.textrefiner, plain.refiner_options, plain.lr) == (False, {}, 0.002)
     assert (cfg.batch_size, cfg.epochs, cfg.recipe) == (32, 10, COOP)  # the rest from the recipe
     # a flag given with its default value still wins over the recipe
     assert _parsed("--recipe", MAPLE, "--lr", "0.002", "--batch-size", "32").lr == 0.002

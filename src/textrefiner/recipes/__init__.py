@@ -95,5 +95,8 @@ def apply_recipe(name: str, settings: dict[str, Any], given: set[str] | frozense
             merged[field] = options
         elif field not in given:
             merged[field] = _for_dataset(value, dataset)
+    if merged.get("textrefiner") is False:  # the recipe's TextRefiner settings do not apply without it
+        kept = settings.get("refiner_options") or {}
+        merged["refiner_options"] = {k: v for k, v in kept.items() if f"refiner_options.{k}" in given}
     merged["recipe"] = name
     return merged
