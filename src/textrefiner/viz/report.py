@@ -64,12 +64,12 @@ def _evaluate_and_capture(method: Any, classnames: list[str], pixel_values: torc
     """
     refiner = method.refiner
     read: list[torch.Tensor] = []
-    per_image = []
+    phase = {"images": False, "per_image": False}  # whether a bake happened while images were being scored
     bake = refiner.bake
 
     def recording_bake(text: torch.Tensor) -> torch.Tensor:
         read.append(text.detach())
-        per_image.append(images_seen)
+        phase["per_image"] |= phase["images"]
         return bake(text)
 
     capture = refiner._capture  # the hooks of textrefiner.attach; idle in eval mode unless told
@@ -78,16 +78,15 @@ def _evaluate_and_capture(method: Any, classnames: list[str], pixel_values: torc
     was_capturing, capture.capture_in_eval = capture.capture_in_eval, True
     refiner.bake = recording_bake  # an instance attribute shadows the method for this call only
     try:
-        images_seen = False
         method.prepare_eval(classnames)
-        images_seen = True
+        phase["images"] = True
         logits = method.eval_logits(pixel_values)
     finally:
         del refiner.bake
         capture.capture_in_eval = was_capturing
     if not read:
         raise ValueError(f"{type(method).__name__} never passed class embeddings to its refiner at evaluation: no reads to show")
-    return logits, refiner.local_tokens, torch.cat(read), any(per_image)
+    return logits, refiner.local_tokens, torch.cat(read), phase["per_image"]
 
 
 def _pick_images(cfg: Any, images: str | os.PathLike | None, num_images: int) -> list[tuple[str, str | None]]:
@@ -174,7 +173,11 @@ def inspect_run(
         summary["notes"].append("no log.json: the run has not finished an epoch, so there are no curves")
 
     if cfg.textrefiner:
-        _cache_figures(run_dir, out, cfg, summary, name=name, images=images, num_images=num_images, top_k=top_k, device=device, root=root)
+        cfg, method, processor = load_run(run_dir, device=device, root=root)
+        try:
+            _cache_figures(method, processor, cfg, out, summary, name=name, images=images, num_images=num_images, top_k=top_k)
+        finally:
+            method.detach()
     else:
         summary["notes"].append("trained without TextRefiner: no cache to show")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -183,11 +186,11 @@ def inspect_run(
     return summary
 
 
-def _cache_figures(run_dir: Path, out: Path, cfg: Any, summary: dict[str, Any], *, name: str, images: Any, num_images: int,
-                   top_k: int, device: str, root: str | None) -> None:
+def _cache_figures(method: Any, processor: Any, cfg: Any, out: Path, summary: dict[str, Any], *, name: str, images: Any,
+                   num_images: int, top_k: int) -> None:
+    """The reads figure and the slot figures of a loaded run, their numbers added to ``summary``."""
     from ..data import load_dataset
 
-    cfg, method, processor = load_run(run_dir, device=device, root=root)
     refiner = method.refiner
     classnames = load_dataset(cfg.dataset, cfg.root, shots=0, seed=cfg.seed, subsample="all", check_files=False).classnames
     trained = load_dataset(cfg.dataset, cfg.root, shots=0, seed=cfg.seed, subsample=cfg.subsample, check_files=False).classnames
@@ -225,7 +228,6 @@ def _cache_figures(run_dir: Path, out: Path, cfg: Any, summary: dict[str, Any], 
             "path": path, "true": true, "predicted": classnames[pred], "figure": str(png), "patches_per_slot": counts.tolist(),
             "cls_slot": int(assignment.slot[i, 0]),
         })
-    method.detach()
 
 
 def _index_html(summary: dict[str, Any], out: Path) -> str:
