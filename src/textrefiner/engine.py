@@ -277,24 +277,22 @@ class _Dist:
 
 # ---------------------------------------------------------------- loops
 def _loader(dataset, cfg: RunConfig, *, train: bool, epoch: int = 0, ddp: _Dist | None = None) -> DataLoader:
-    """Training batches in an order fixed by (seed, epoch), so a resumed run sees the same data."""
-    sampler = None
-    world = ddp.world if ddp is not None else 1
-    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    if ddp is not None and ddp.enabled:
-        from torch.utils.data.distributed import DistributedSampler
+    """Training batches in an order fixed by (seed, epoch), so a resumed run sees the same data.
 
-        sampler = DistributedSampler(dataset, num_replicas=ddp.world, rank=ddp.rank, shuffle=train, seed=cfg.seed, drop_last=train)
-        sampler.set_epoch(epoch)
-    batch = cfg.batch_size if train else cfg.eval_batch_size
+    ``cfg.batch_size`` is the global batch: under DDP every rank draws the order one process
+    would and takes its slice of each batch (``data/batches.py``).
+    """
+    from .data.batches import GlobalBatchSampler, order_seed
+
+    if not train:
+        return DataLoader(dataset, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers)
+    rank, world = (ddp.rank, ddp.world) if ddp is not None else (0, 1)
+    batches = GlobalBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank, world=world)
     return DataLoader(
         dataset,
-        batch_size=batch,
-        shuffle=train and sampler is None,
-        sampler=sampler,
-        generator=generator,
+        batch_sampler=batches,
+        generator=torch.Generator().manual_seed(order_seed(cfg.seed, epoch)),  # worker seeds; augmentations use (seed, epoch, index)
         num_workers=cfg.num_workers,
-        drop_last=train and len(dataset) >= batch * world,
         pin_memory=False,
         persistent_workers=False,
     )
@@ -381,6 +379,12 @@ def _epoch(method, ddp_method, loader, optimizer, scaler, cfg: RunConfig, device
             bar.set_postfix(loss=f"{logs['loss']:.4f}", acc=f"{logs['train_acc']:.1f}")
     if not sums:
         return {"train_acc": 0.0}
+    if ddp.enabled:  # the epoch's record is the global batch's, as one process records it
+        keys = list(sums)
+        packed = torch.stack([sums[k] for k in keys] + [correct.float(), correct.new_tensor(seen).float()])
+        dist.all_reduce(packed)
+        sums = dict(zip(keys, packed[: len(keys)]))
+        correct, seen = packed[-2].round().long(), int(packed[-1].item())
     return _read_logs(method, sums, correct, seen, step)
 
 
@@ -484,6 +488,12 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     if resume and overwrite:
         raise RunError("--resume continues the run in the folder and --overwrite deletes it: give one of them")
     _rundir.check_output_dir(out)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun / accelerate set it before any process group exists
+    if cfg.batch_size % world:
+        raise RunError(
+            f"--batch-size {cfg.batch_size} is the global batch and must split evenly over the {world} processes; "
+            f"use a multiple of {world}"
+        )
     device = resolve_device(cfg.device)
     if resume:
         _check_resumable(out, cfg)
