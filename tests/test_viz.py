@@ -8,6 +8,7 @@ and to be more than one colour.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -303,3 +304,18 @@ def test_inspect_errors_exit_2_without_traceback(tmp_path, capsys):
     assert main(["inspect", str(tmp_path), "--output-dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("textrefiner inspect: error: ") and "run_config.json is missing" in err
+
+
+def test_readme_figure_is_shipped_small_and_linked_absolutely():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\((https://github\.com/[^/]+/[^/]+/raw/main/([^)]+\.png))\)", readme)
+    assert links, "the README shows no figure"
+    base = re.search(r"\((https://github\.com/[^/]+/[^/]+)/blob/main/docs/method\.md\)", readme).group(1)
+    for url, rel in links:
+        assert url.startswith(base + "/raw/main/"), url  # the same repository the README links elsewhere (PyPI needs absolute links)
+        path = root / rel
+        assert path.is_file() and path.stat().st_size < 300_000, rel
+        _check_png(path)
