@@ -350,8 +350,12 @@ def plot_results(results: Sequence[Mapping[str, Any]], *, title: str | None = No
         ax.set_title(name, fontsize=10)
         ax.set_ylim(0, 105)
         ax.grid(axis="y", alpha=0.3)
+        averages = [i for i, d in enumerate(datasets) if d.startswith("average of")]
+        if averages and averages[0] > 0:  # the mean over datasets stands apart from the datasets
+            ax.axvline(averages[0] - 0.5, color="gray", linestyle=":", linewidth=1)
     axes[0].set_ylabel("accuracy (%)")
-    axes[0].legend(fontsize=7, loc="lower left")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=min(len(methods), 4), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
