@@ -21,7 +21,7 @@ HALF = [torch.float16, torch.bfloat16]
 D, C, N1, M = 16, 4, 9, 6
 
 # bf16 (like float32) reaches magnitudes whose squares leave float32's range (above ~1e19 or
-# below ~1e-19): cache_write rescales each token by a power of two before normalising, so such
+# below ~1e-19): cache_write divides each token by its largest absolute entry before normalising, so such
 # tokens are written, not silently turned into zero vectors.
 
 
