@@ -202,6 +202,7 @@ def test_shots_larger_than_the_data(tiny_clip_dir, fake_data_root, tmp_path, cap
     assert "allow_fewer" not in err and "drop --strict-shots" in err  # without it: all kept, with a warning  # the Python API's option: the command has none by that name
 
 
+@pytest.mark.slow
 def test_failed_resume_loses_no_checkpoint(tiny_clip_dir, fake_data_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(tiny_clip_dir, fake_data_root, out) == 0
@@ -225,6 +226,7 @@ def test_failed_resume_loses_no_checkpoint(tiny_clip_dir, fake_data_root, tmp_pa
     assert {p.name: p.read_bytes() for p in checkpoint.iterdir()} == files
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_on_resume(tiny_clip_dir, fake_data_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(tiny_clip_dir, fake_data_root, out) == 0

@@ -17,6 +17,7 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_benchmark_smoke(name, tmp_path):
     proc = _run([str(BENCH / f"bench_{name}.py"), "--smoke", "--device", "cpu", "--output-dir", str(tmp_path)], cwd=tmp_path)
@@ -30,6 +31,7 @@ def test_benchmark_smoke(name, tmp_path):
     assert not failed, failed
 
 
+@pytest.mark.slow
 def test_run_all_passes_smoke_through(tmp_path):
     proc = _run([str(BENCH / "run_all.py"), "--smoke", "--device", "cpu", "--output-dir", str(tmp_path), "--only", "cache_write"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

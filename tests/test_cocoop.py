@@ -166,6 +166,7 @@ def test_bad_inputs_raise():
         CoCoOp(learner.model, tiny_tokenizer(), NAMES, max_prompts=0)
 
 
+@pytest.mark.slow
 def test_engine_trains_one_epoch(tiny_clip_dir, tmp_path):
     from textrefiner.data import make_fake_dataset
     from textrefiner.engine import RunConfig, train

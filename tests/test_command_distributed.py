@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 
 from textrefiner.cli import main
 
+pytestmark = pytest.mark.slow  # runs whole Python processes: `-m "not slow"` skips it
+
 
 def _args(tiny_clip_dir, fake_data_root, out, *extra):
     return [

@@ -31,6 +31,7 @@ def _inputs(seed: int):
     return text, torch.randn(B, N + 1, T_DIM, generator=g), torch.tensor([0, 1, 2]), torch.rand(B, N, generator=g)
 
 
+@pytest.mark.slow
 def test_refine_and_loss_compile_fullgraph_and_match_eager():
     eager = TextRefiner(D, token_dim=T_DIM, cache_size=6).train()
     compiled_refiner = copy.deepcopy(eager)
@@ -68,6 +69,7 @@ def _seeded_method(name: str):
     return build_method(name, tiny_clip(), tiny_tokenizer(), ["cat", "dog", "car"]).train()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["coop", "maple"])
 def test_method_step_compiles_fullgraph_with_the_hooks_in_place(name):
     """Built (hooks attached) first, compiled second: the compiled step captures the local tokens."""

@@ -38,10 +38,13 @@ from torch import nn
 from textrefiner import TextRefiner
 from textrefiner.cache import cache_write
 
-pytestmark = pytest.mark.skipif(
-    not dist.is_available() or not dist.is_gloo_available() or sys.platform == "win32",
-    reason="needs torch.distributed with the gloo backend",
-)
+pytestmark = [
+    pytest.mark.slow,  # runs whole training processes: `-m "not slow"` skips it
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available() or sys.platform == "win32",
+        reason="needs torch.distributed with the gloo backend",
+    ),
+]
 
 WORLD = 2
 D, C, N1, M = 8, 5, 7, 6  # width, classes, tokens per image (CLS + 6 patches), cache slots

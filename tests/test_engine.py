@@ -56,6 +56,7 @@ def test_schedule_with_two_warmup_epochs_recounts_after_both():
     )
 
 
+@pytest.mark.slow
 def test_command_trains_evaluates_and_tabulates(tiny_clip_dir, fake_data_root, tmp_path, capsys):
     runs = []
     for flag in ("--no-textrefiner", "--textrefiner"):
@@ -103,6 +104,7 @@ def test_results_table_averages_seeds_and_takes_hm_of_averages():
     assert "| coop + TextRefiner | average of 2 | 1,2 | 80.00 | 70.00 | 74.67 |" in table
 
 
+@pytest.mark.slow
 def test_evaluation_bakes_once_and_never_refines_per_batch(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
     cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / "run", epochs=1)
     calls = {"refine": 0, "bake": 0}
@@ -123,6 +125,7 @@ def test_evaluation_bakes_once_and_never_refines_per_batch(tiny_clip_dir, fake_d
     assert calls == {"refine": 0, "bake": 2}  # once for base, once for novel; none per test batch
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
     full = _cfg(tiny_clip_dir, fake_data_root, tmp_path / "full", epochs=3)
     engine.train(full)
@@ -156,6 +159,7 @@ def test_resume_is_bit_identical(tiny_clip_dir, fake_data_root, tmp_path, monkey
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
 
 
+@pytest.mark.slow
 def test_a_save_killed_midway_leaves_the_previous_checkpoint(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
     cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / "run", epochs=2)
     import textrefiner._checkpoint as ck
@@ -200,6 +204,7 @@ def test_asking_for_cuda_without_it(tiny_clip_dir, fake_data_root, tmp_path, cap
     assert "torch.cuda.is_available() is False" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_run(tiny_clip_dir, fake_data_root, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_args(tiny_clip_dir, fake_data_root, out, "--epochs", "1")) == 0
@@ -207,6 +212,7 @@ def test_resume_refuses_a_different_run(tiny_clip_dir, fake_data_root, tmp_path,
     assert "seed: 1 -> 7" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_missing_image_is_named(tiny_clip_dir, fake_data_root, tmp_path, capsys):
     import shutil
 
@@ -218,6 +224,7 @@ def test_missing_image_is_named(tiny_clip_dir, fake_data_root, tmp_path, capsys)
     assert victim.name in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_promptkd_distils_on_unlabelled_images_from_the_command(tiny_clip_dir, fake_data_root, tmp_path):
     from textrefiner.testing import save_tiny_clip
 
@@ -246,6 +253,7 @@ def test_teacher_or_unlabelled_with_another_method_is_refused(tiny_clip_dir, fak
     assert "without labels" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs_keep_a_float32_cache(tiny_clip_dir, fake_data_root, tmp_path, precision):
     cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / precision, epochs=1, precision=precision)
@@ -258,6 +266,7 @@ def test_mixed_precision_runs_keep_a_float32_cache(tiny_clip_dir, fake_data_root
     assert 0 <= results["hm"] <= 100
 
 
+@pytest.mark.slow
 def test_losses_are_read_once_per_log_interval(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
     """12 images / batch 4 = 3 steps per epoch; --log-every 2 reads at step 2 and at the epoch's end."""
     reads = []
@@ -274,6 +283,7 @@ def test_losses_are_read_once_per_log_interval(tiny_clip_dir, fake_data_root, tm
     assert set(log[0]) >= {"loss", "cls", "semantic", "regularization", "train_acc"} and all(math.isfinite(v) for v in log[0].values())
 
 
+@pytest.mark.slow
 def test_a_refused_cache_write_stops_the_run_at_the_next_log(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
     """Non-finite local tokens never reach the cache; the engine reports them when it reads its logs."""
     original = TextRefiner.refine
@@ -295,6 +305,7 @@ def test_a_refused_cache_write_stops_the_run_at_the_next_log(tiny_clip_dir, fake
     assert steps == [1, 2, 3] and not (tmp_path / "run" / "checkpoint").exists()
 
 
+@pytest.mark.slow
 def test_compile_flag_compiles_the_step_after_the_hooks_are_attached(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
     import functools
 

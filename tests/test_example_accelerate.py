@@ -13,10 +13,13 @@ import torch
 
 from textrefiner import TextRefiner
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("accelerate") is None,
-    reason='Hugging Face Accelerate is not installed (pip install "textrefiner[accelerate]")',
-)
+pytestmark = [
+    pytest.mark.slow,  # runs whole training processes: `-m "not slow"` skips it
+    pytest.mark.skipif(
+        importlib.util.find_spec("accelerate") is None,
+        reason='Hugging Face Accelerate is not installed (pip install "textrefiner[accelerate]")',
+    ),
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "accelerate_loop.py"

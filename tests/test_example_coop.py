@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from textrefiner import TextRefiner
+
+pytestmark = pytest.mark.slow  # runs whole Python processes: `-m "not slow"` skips it
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "coop_textrefiner.py"
 

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from textrefiner import TextRefiner
+
+pytestmark = pytest.mark.slow  # runs whole Python processes: `-m "not slow"` skips it
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "quickstart.py"

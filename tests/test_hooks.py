@@ -405,6 +405,7 @@ def test_compiled_models_are_refused():
         textrefiner.attach(model)
 
 
+@pytest.mark.slow
 def test_attach_then_compile_captures_the_same_tokens():
     model = build("CLIPModel")
     inputs = image_inputs(model)

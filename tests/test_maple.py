@@ -136,6 +136,7 @@ def test_set_classnames_keeps_the_prompt_words():
         torch.testing.assert_close(learner.text_features(), reference, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("textrefiner", [False, True])
 def test_training_lowers_the_loss_and_leaves_clip_frozen(textrefiner):
     model = tiny_clip()
@@ -167,6 +168,7 @@ def test_training_lowers_the_loss_and_leaves_clip_frozen(textrefiner):
     assert not model.vision_model.embeddings._forward_hooks
 
 
+@pytest.mark.slow
 def test_refiner_semantic_loss_trains_the_vision_prompts():
     method = MaPLeMethod(tiny_clip(), tiny_tokenizer(), NAMES, textrefiner=True).train()
     labels = torch.tensor([0, 1, 2, 3])
@@ -195,6 +197,7 @@ def test_bad_options_raise():
         VisionPromptHooks(model, 2, 1, lambda i: torch.zeros(2, 32))
 
 
+@pytest.mark.slow
 def test_engine_trains_one_epoch(tiny_clip_dir, tmp_path):
     from textrefiner.data import make_fake_dataset
     from textrefiner.engine import RunConfig, train

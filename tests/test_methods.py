@@ -25,6 +25,7 @@ def _batch(model, n=6):
     return torch.randn(n, 3, size, size, generator=g), torch.arange(n) % len(CLASSES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("refine", [True, False], ids=["textrefiner", "plain"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_coop_method_trains_only_prompts_and_refiner(family, refine):

@@ -64,6 +64,7 @@ def test_engine_loads_the_mini_clip_by_name():
     assert model.config.vision_config.image_size == 32 and tokenizer.model_max_length == 24
 
 
+@pytest.mark.slow
 def test_zero_shot_on_held_out_pictures_is_well_above_chance(mini):
     """Fresh pictures (a seed the pretraining never drew from), named by "a photo of a {x}."."""
     model, tokenizer, _ = mini

@@ -105,6 +105,7 @@ def test_mini_dataset_is_byte_identical_when_redrawn(tmp_path):
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files if f.suffix == ".png")
 
 
+@pytest.mark.slow
 def test_mini_dataset_is_drawn_on_first_use(tmp_path):
     data = load_dataset("mini-shapes", tmp_path, shots=0, subsample="all")
     assert data.num_classes == 10 and (tmp_path / "mini-shapes" / "classnames.txt").is_file()

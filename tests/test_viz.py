@@ -283,6 +283,7 @@ def test_missing_matplotlib_gives_the_install_command(tmp_path, monkeypatch, cap
     assert "Traceback" not in err and not (tmp_path / "t.png").exists()
 
 
+@pytest.mark.slow
 def test_import_and_help_never_import_matplotlib():
     code = (
         "import sys\n"

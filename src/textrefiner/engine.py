@@ -191,18 +191,23 @@ def load_pretrained(name_or_path: str) -> tuple[torch.nn.Module, Any, Any]:
     from ._layouts import find_layout
     from .mini.model import resolve
 
-    name_or_path = resolve(name_or_path)  # "mini": the mini CLIP shipped in the package
-    try:
-        model = AutoModel.from_pretrained(name_or_path)
-        find_layout(model)  # an unsupported family is named before anything else is loaded
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        processor = AutoImageProcessor.from_pretrained(name_or_path)
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(
-            f"could not load a CLIP-family model from {name_or_path!r} (a Hub id or a folder with config.json, "
-            f"weights, tokenizer and preprocessor_config.json): {err}"
-        ) from err
-    return model, tokenizer, processor
+    from ._hub import load_offline_first
+
+    def load(name: str, **kwargs: Any) -> tuple[torch.nn.Module, Any, Any]:
+        try:
+            model = AutoModel.from_pretrained(name, **kwargs)
+            find_layout(model)  # an unsupported family is named before anything else is loaded
+            tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+            processor = AutoImageProcessor.from_pretrained(name, **kwargs)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(
+                f"could not load a CLIP-family model from {name!r} (a Hub id or a folder with config.json, "
+                f"weights, tokenizer and preprocessor_config.json): {err}"
+            ) from err
+        return model, tokenizer, processor
+
+    # "mini": the mini CLIP shipped in the package; a Hub id: the local cache first, fail fast offline
+    return load_offline_first(load, resolve(name_or_path), "--model")
 
 
 def lr_factor(epoch: int, cfg: RunConfig) -> float:

@@ -70,11 +70,15 @@ def load_teacher(name_or_path: str, device: torch.device | str | None = None) ->
     """
     from transformers import AutoModel, AutoTokenizer
 
-    try:
-        model = AutoModel.from_pretrained(name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"could not load the PromptKD teacher from {name_or_path!r} (a Hub id or a folder with a CLIP-family model): {err}") from err
+    from .._hub import load_offline_first
+
+    def load(name: str, **kwargs: Any) -> tuple[nn.Module, Any]:
+        try:
+            return AutoModel.from_pretrained(name, **kwargs), AutoTokenizer.from_pretrained(name, **kwargs)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"could not load the PromptKD teacher from {name!r} (a Hub id or a folder with a CLIP-family model): {err}") from err
+
+    model, tokenizer = load_offline_first(load, str(name_or_path), "--teacher")  # the local cache first; fail fast offline
     model.requires_grad_(False).eval()
     return (model if device is None else model.to(device)), tokenizer
 
