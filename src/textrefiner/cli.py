@@ -80,7 +80,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", required=True, help="where weights, logs, checkpoint and results.json go")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto picks CUDA when available)")
     p.add_argument("--precision", default="fp32", choices=PRECISION_NAMES, help="fp32, or bf16/fp16 autocast (fp16 with a gradient scaler)")
-    p.add_argument("--num-workers", type=int, default=2, help="data-loading worker processes (0: load in the main process)")
+    p.add_argument("--num-workers", type=int, default=None, help="data-loading worker processes (0: load in the main process; default: the CPUs available, at most 8)")
+    p.add_argument("--decode-once", action=argparse.BooleanOptionalAction, default=True, help="decode training images once into memory and augment them with tensor ops (default: on)")
+    p.add_argument("--max-image-side", type=int, default=None, help="with --decode-once: cap the kept images' long side in pixels (default: original size)")
     p.add_argument("--eval-datasets", nargs="*", default=[], help="cross-dataset / domain-generalisation targets (default: none)")
     p.add_argument("--n-ctx", type=int, default=None, help="context tokens (default: from --ctx-init, else 4)")
     p.add_argument("--ctx-init", default="a photo of a", help='context initialisation words; "" for random')
@@ -148,7 +150,7 @@ def _run_config(args: argparse.Namespace):
         precision=args.precision, device=args.device, num_workers=args.num_workers, eval_datasets=args.eval_datasets,
         method_options=method_options, refiner_options=refiner, teacher=args.teacher, progress=not args.no_progress,
         unlabeled=args.unlabeled, unlabeled_root=args.unlabeled_root, select=args.select, val_split=args.val_split,
-        log_every=args.log_every, compile=args.compile,
+        log_every=args.log_every, compile=args.compile, decode_once=args.decode_once, max_image_side=args.max_image_side,
         kd_weight=args.kd_weight, strict_shots=args.strict_shots,
     )
     if args.recipe is not None:

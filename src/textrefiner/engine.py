@@ -66,7 +66,9 @@ class RunConfig:
     warmup_lr: float = 1e-5
     precision: str = "fp32"  # fp32, bf16 or fp16 (autocast)
     device: str = "auto"  # auto picks CUDA when available
-    num_workers: int = 2
+    num_workers: int | None = None  # data-loading processes; None: from the machine (default_num_workers)
+    decode_once: bool = True  # decode training images once into memory, augment with tensor ops
+    max_image_side: int | None = None  # with decode_once: cap the kept images' long side (None: original size)
     eval_batch_size: int = 100
     eval_datasets: list[str] = field(default_factory=list)  # cross-dataset / domain targets
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. n_ctx, ctx_init
@@ -281,24 +283,38 @@ class _Dist:
 
 
 # ---------------------------------------------------------------- loops
-def _loader(dataset, cfg: RunConfig, *, train: bool, epoch: int = 0, ddp: _Dist | None = None) -> DataLoader:
+def default_num_workers() -> int:
+    """Loader processes when not given: the CPUs this process may use, shared by the local ranks, at most 8.
+
+    benchmarks/bench_loader.py measures what one worker delivers; 8 decoded-once workers outrun
+    a ViT-B/16 step on one GPU (README, "Feeding a GPU").
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(8, cpus // max(local, 1) - 1))
+
+
+def _loader(dataset, cfg: RunConfig, *, train: bool, epoch: int = 0, ddp: _Dist | None = None, device: torch.device | None = None) -> DataLoader:
     """Training batches in an order fixed by (seed, epoch), so a resumed run sees the same data.
 
     ``cfg.batch_size`` is the global batch: under DDP every rank draws the order one process
-    would and takes its slice of each batch (``data/batches.py``).
+    would and takes its slice of each batch (``data/batches.py``). On CUDA the batches are
+    pinned, so the engine's ``non_blocking`` copy overlaps the step before.
     """
     from .data.batches import GlobalBatchSampler, order_seed
 
+    workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
+    pin = device is not None and device.type == "cuda"  # page-locked: the copy runs asynchronously
     if not train:
-        return DataLoader(dataset, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers)
+        return DataLoader(dataset, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
     rank, world = (ddp.rank, ddp.world) if ddp is not None else (0, 1)
     batches = GlobalBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank, world=world)
     return DataLoader(
         dataset,
         batch_sampler=batches,
         generator=torch.Generator().manual_seed(order_seed(cfg.seed, epoch)),  # worker seeds; augmentations use (seed, epoch, index)
-        num_workers=cfg.num_workers,
-        pin_memory=False,
+        num_workers=workers,
+        pin_memory=pin,
         persistent_workers=False,
     )
 
@@ -315,7 +331,7 @@ def evaluate(method: Method, dataset, classnames: list[str], cfg: RunConfig, dev
     with _autocast(device, cfg.precision):
         method.prepare_eval(classnames)
     correct = total = 0
-    loader = _loader(dataset, cfg, train=False)
+    loader = _loader(dataset, cfg, train=False, device=device)
     for pixel_values, labels in tqdm(loader, desc=desc, disable=not cfg.progress, leave=False):
         with _autocast(device, cfg.precision):
             logits = method.eval_logits(pixel_values.to(device))
@@ -362,10 +378,13 @@ def _epoch(method, ddp_method, loader, optimizer, scaler, cfg: RunConfig, device
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     non_blocking = device.type == "cuda"  # from pinned memory, the copy overlaps the previous step
+    batch_transform = getattr(loader.dataset, "batch_transform", None)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and ddp.main), leave=False)
     step = 0
     for step, (pixel_values, labels) in enumerate(bar, 1):
         pixel_values = pixel_values.to(device, non_blocking=non_blocking)
+        if batch_transform is not None:  # decoded-once data: uint8 batches, normalised where they land
+            pixel_values = batch_transform(pixel_values)
         labels = labels.to(device, non_blocking=non_blocking)
         with _autocast(device, cfg.precision):
             out = ddp_method(pixel_values, labels)
@@ -541,10 +560,14 @@ def _claim(out: Path, lock: _rundir.RunLock, *, resume: bool, overwrite: bool) -
 
 
 def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, classnames, checkpoint) -> dict[str, Any]:
-    from .data import ImageDataset, transforms_from_processor
+    from .data import DecodedImageDataset, ImageDataset, transforms_from_processor
 
     method, processor = _build(cfg, device, classnames)
-    train_set = ImageDataset(items, transforms_from_processor(processor, train=True), seed=cfg.seed)
+    train_transform = transforms_from_processor(processor, train=True)
+    if cfg.decode_once:  # decoded once into memory; crop/flip as tensor ops, normalisation on the device
+        train_set = DecodedImageDataset(items, train_transform, seed=cfg.seed, max_side=cfg.max_image_side)
+    else:
+        train_set = ImageDataset(items, train_transform, seed=cfg.seed)
     val_set = val_classnames = None
     if cfg.select == "best-val":
         val_items, val_classnames = _validation_split(cfg)
@@ -574,7 +597,7 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         train_set.set_epoch(epoch)  # augmentations drawn from (seed, epoch, index): exact on resume
-        loader = _loader(train_set, cfg, train=True, epoch=epoch, ddp=ddp)
+        loader = _loader(train_set, cfg, train=True, epoch=epoch, ddp=ddp, device=device)
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         record |= _epoch(method, ddp_method, loader, optimizer, scaler, cfg, device, epoch, ddp)
         with warnings.catch_warnings():  # fp16: GradScaler may skip a step; the schedule is per epoch anyway

@@ -8,6 +8,7 @@
 """
 
 from .datasets import BASE_TO_NOVEL, CROSS_DOMAIN, DATASETS, MINI, DatasetInfo, get_dataset_info
+from .decoded import DecodedImageDataset
 from .image_dataset import ImageDataset
 from .item import Item, classnames_of, prompt_classname
 from .load import DatasetSplits, load_dataset, unlabeled_items
@@ -22,6 +23,7 @@ __all__ = [
     "DATASETS",
     "DatasetInfo",
     "DatasetSplits",
+    "DecodedImageDataset",
     "EvalTransform",
     "ImageDataset",
     "MINI",

@@ -1,0 +1,90 @@
+"""Decoded-once training data: decoded once, augmented as a pure function of (seed, epoch, index)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from textrefiner.data import DecodedImageDataset, ImageDataset, load_dataset, make_fake_dataset, transforms_from_processor
+from textrefiner.data import decoded as decoded_module
+
+
+def _processor():
+    import transformers
+
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    return cls(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24})
+
+
+@pytest.fixture(scope="module")
+def train_items(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_fake_dataset(root, "eurosat", num_classes=4, images_per_class=8, image_size=40, seed=0)
+    return load_dataset("eurosat", root, shots=4, seed=1).train
+
+
+def _dataset(items, seed=3, **kw):
+    return DecodedImageDataset(items, transforms_from_processor(_processor(), train=True), seed=seed, **kw)
+
+
+def test_images_are_decoded_once_at_construction(train_items, monkeypatch):
+    calls = []
+    real = decoded_module.load_image
+    monkeypatch.setattr(decoded_module, "load_image", lambda p: (calls.append(p), real(p))[1])
+    ds = _dataset(train_items)
+    assert len(calls) == len(train_items)
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        _ = [ds[i] for i in range(len(ds))]
+    assert len(calls) == len(train_items)  # no decode per sample or per epoch
+    sizes = [real(item.impath).size for item in train_items]  # (W, H)
+    assert all(im.dtype == torch.uint8 and im.shape == (3, h, w) for im, (w, h) in zip(ds.images, sizes))  # original resolution
+
+
+def test_size_cap_is_opt_in(train_items):
+    capped, full = _dataset(train_items, max_side=30), _dataset(train_items)
+    assert all(max(c.shape[1:]) == min(30, max(f.shape[1:])) for c, f in zip(capped.images, full.images))
+    assert any(max(f.shape[1:]) > 30 for f in full.images)
+
+
+def test_augmentation_is_a_pure_function_of_seed_epoch_index(train_items):
+    a, b = _dataset(train_items), _dataset(train_items)
+    torch.manual_seed(123)  # the global RNG plays no part
+    x, y = a[5]
+    assert x.dtype == torch.uint8 and x.shape == (3, 24, 24) and y == train_items[5].label
+    assert torch.equal(x, b[5][0])
+    b.set_epoch(1)
+    assert not torch.equal(x, b[5][0])  # another epoch, another draw
+    assert not torch.equal(x, _dataset(train_items, seed=4)[5][0])  # another seed, another draw
+
+
+def test_loader_batches_do_not_depend_on_the_worker_count(train_items):
+    ds = _dataset(train_items)
+    ds.set_epoch(2)
+
+    def batches(workers):
+        loader = DataLoader(ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0), num_workers=workers)
+        return [x for x, _ in loader]
+
+    for x0, x2 in zip(batches(0), batches(2), strict=True):
+        assert torch.equal(x0, x2)
+
+
+def test_same_crops_as_the_pil_path_and_same_normalisation(train_items):
+    """The crop box and flip use the PIL path's draws; only the resize filter's rounding differs."""
+    transform = transforms_from_processor(_processor(), train=True)
+    ours = _dataset(train_items)
+    pil = ImageDataset(train_items, transform, seed=3)
+    for i in range(len(train_items)):
+        x = ours.batch_transform(ours[i][0][None])[0]
+        expected = pil[i][0]
+        assert x.dtype == torch.float32 and x.shape == expected.shape
+        assert (x - expected).abs().mean() < 0.05  # normalised units (~0.015 per 8-bit level)
+    raw = torch.randint(0, 256, (2, 3, 24, 24), dtype=torch.uint8)
+    torch.testing.assert_close(ours.batch_transform(raw), torch.stack([transform.normalise(r) for r in raw]), atol=1e-6, rtol=0)
+
+
+def test_only_train_transforms_are_accepted(train_items):
+    with pytest.raises(TypeError, match="expected a TrainTransform"):
+        DecodedImageDataset(train_items, transforms_from_processor(_processor(), train=False), seed=1)
