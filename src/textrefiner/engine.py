@@ -103,8 +103,8 @@ class RunConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` should be positive, got {getattr(self, name)}")
-        for name in ("warmup_epochs", "num_workers"):
-            if getattr(self, name) < 0:
+        for name in ("warmup_epochs", "num_workers"):  # num_workers None: from the machine
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"`{name}` should be 0 or more, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"`lr` should be positive, got {self.lr}")
