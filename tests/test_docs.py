@@ -62,3 +62,32 @@ def test_no_reference_to_an_internal_spec():
         if re.search(r"\bSPEC\b", line)
     ]
     assert offenders == []
+
+
+def _project_urls() -> dict[str, str]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+
+
+def test_project_urls_and_readme_links_work_on_pypi():
+    # PyPI shows the README without the repository around it: every link must be absolute
+    urls = _project_urls()
+    assert set(urls) >= {"Homepage", "Documentation", "Repository", "Issues"}
+    base = urls["Repository"].rstrip("/")
+    assert base.startswith("https://github.com/")
+    assert all(u.startswith(base) for u in urls.values()), urls
+    readme = (ROOT / "README.md").read_text()
+    targets = re.findall(r"!?\[[^\]]*\]\(([^)\s]+)\)", readme) + re.findall(r'(?:src|href)="([^"]+)"', readme)
+    assert targets
+    relative = [t for t in targets if not t.startswith(("https://", "http://", "#", "mailto:"))]
+    assert relative == []
+    ours = [t for t in targets if "github.com/" in t and "/textrefiner" in t and "KaiyangZhou" not in t]
+    assert ours and all(t.startswith(base + "/") or t == base for t in ours), ours
+    # and each of them names a file that exists in this tree
+    for t in ours:
+        path = re.sub(rf"^{re.escape(base)}/(?:blob|raw)/main/", "", t).split("#")[0]
+        if path != t and (ROOT / "docs").is_dir():
+            assert (ROOT / path).exists(), t

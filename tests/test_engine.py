@@ -76,6 +76,8 @@ def test_command_trains_evaluates_and_tabulates(tiny_clip_dir, fake_data_root, t
     assert results["hm"] == pytest.approx(2 * results["base"] * results["novel"] / (results["base"] + results["novel"]))
     # the refiner folder loads on its own and matches the method's weights
     refiner = TextRefiner.from_pretrained(out / "refiner")
+    card = (out / "refiner" / "README.md").read_text()  # its model card names the run it came from
+    assert "## Training run" in card and "- dataset: `eurosat`" in card and "| base | novel | hm |" in card
     weights = load_file(str(out / "method.safetensors"))
     assert torch.equal(refiner.cache, weights["refiner.cache"])
     assert not any(k.startswith(("model.", "_model")) for k in weights)  # CLIP stays out of the checkpoint

@@ -639,6 +639,10 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
             raise RunError(f"could not save the trained weights in {out}: {err.strerror or err}; the checkpoint is kept") from err
         results = evaluate_run(cfg, method=method, device=device, selected_epoch=selected)
         atomic_write_text(out / RESULTS, json.dumps(results, indent=2, sort_keys=True) + "\n")
+        if method.refiner is not None:  # the refiner's model card names the run it came from
+            from ._card import write_model_card
+
+            write_model_card(out / "refiner", method.refiner.config, run=dataclasses.asdict(cfg), results=results)
     ddp.barrier()
     method.detach()
     return results

@@ -412,11 +412,58 @@ class TextRefiner(nn.Module):
         self.detach()
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write ``textrefiner_config.json`` and ``textrefiner.safetensors`` (cache included)."""
+    def save_pretrained(self, save_directory: str | os.PathLike, *, repo_id: str | None = None) -> Path:
+        """Write ``textrefiner_config.json``, ``textrefiner.safetensors`` (cache included) and a model card.
+
+        Args:
+            save_directory: the folder (created if needed).
+            repo_id: the Hub repository it is meant for; the model card's loading snippet names it.
+
+        Returns:
+            The folder.
+        """
+        from ._card import write_model_card
         from ._io import save_refiner
 
-        return save_refiner(self, save_directory)
+        directory = save_refiner(self, save_directory)
+        write_model_card(directory, self.config, repo_id=repo_id)
+        return directory
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str = "Upload TextRefiner",
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> str:
+        """Save to a temporary folder and upload it to the Hub with ``huggingface_hub.HfApi.upload_folder``.
+
+        The repository is created if it does not exist. Loading it back:
+        ``TextRefiner.from_pretrained(repo_id)``.
+
+        Args:
+            repo_id: ``"user/name"``.
+            commit_message, private, token, revision, create_pr: as for ``HfApi.upload_folder`` /
+                ``HfApi.create_repo``.
+
+        Returns:
+            The URL of the commit.
+        """
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="textrefiner-push-") as tmp:
+            self.save_pretrained(tmp, repo_id=repo_id)
+            info = api.upload_folder(
+                repo_id=repo_id, folder_path=tmp, commit_message=commit_message, revision=revision, create_pr=create_pr
+            )
+        return str(getattr(info, "commit_url", info))
 
     @classmethod
     def from_pretrained(
