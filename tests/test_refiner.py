@@ -233,7 +233,7 @@ def test_save_and_load_is_bit_exact(tmp_path):
     for _ in range(2):
         refiner.train().refine(text, tokens)
     refiner.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["textrefiner.safetensors", "textrefiner_config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "textrefiner.safetensors", "textrefiner_config.json"]  # + model card
     loaded = TextRefiner.from_pretrained(tmp_path)
     assert loaded.config == refiner.config
     for (k, a), (k2, b) in zip(refiner.state_dict().items(), loaded.state_dict().items()):
