@@ -180,3 +180,15 @@ def test_engine_trains_one_epoch(tiny_clip_dir, tmp_path):
     assert results["method"] == "cocoop" and results["protocol"] == "base2novel"
     assert 0.0 <= results["base"] <= 100.0 and 0.0 <= results["novel"] <= 100.0
     assert (tmp_path / "run" / "method.safetensors").is_file() and (tmp_path / "run" / "refiner").is_dir()
+
+
+def test_training_more_prompts_than_fit_is_refused_clearly_and_evaluation_chunks():
+    method = CoCoOpMethod(tiny_clip(), tiny_tokenizer(), NAMES, textrefiner=True, max_prompts=2 * len(NAMES)).train()
+    method.training_step(pixels(2), torch.tensor([0, 1]))  # 2 x C prompts: fits
+    cache = method.refiner.cache.clone()
+    with pytest.raises(ValueError, match=r"B x C = 3 x 4 = 12 prompts .* max_prompts=8; .* --batch-size"):
+        method.training_step(pixels(3), torch.tensor([0, 1, 2]))
+    assert torch.equal(method.refiner.cache, cache)  # refused before anything ran
+    method.eval()
+    method.prepare_eval()
+    assert method.eval_logits(pixels(3)).shape == (3, len(NAMES))  # evaluation chunks instead

@@ -55,19 +55,31 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """CPU, Python and the CURRENT CUDA device's generator states.
+
+    One CUDA state, the calling process's device's, not one per visible GPU: each rank owns one
+    device, and a resumed job may see fewer GPUs. (The training step draws no CUDA random
+    numbers today — augmentation runs on CPU generators — so this only matters for user code.)
+    """
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     version, inner, gauss = random.getstate()
     return tensors, {"python": [version, list(inner), gauss]}
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states; the CUDA one goes to the current device of every rank.
+
+    Older checkpoints hold ``rng.cuda.<i>`` for every GPU of the saving machine: the current
+    device's own index is used when present, else the first (never an IndexError).
+    """
     torch.set_rng_state(tensors["rng.torch"].cpu())
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+    if torch.cuda.is_available():
+        device = torch.cuda.current_device()
+        state = tensors.get("rng.cuda", tensors.get(f"rng.cuda.{device}", tensors.get("rng.cuda.0")))
+        if state is not None:
+            torch.cuda.set_rng_state(state.cpu(), device)
     version, inner, gauss = meta["python"]
     random.setstate((version, tuple(inner), gauss))
 

@@ -34,6 +34,8 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     Normalised as PromptKD normalises it: summed, then divided by the number of logits.
     """
     t = temperature
+    dtype = torch.promote_types(torch.promote_types(student_logits.dtype, teacher_logits.dtype), torch.float32)
+    student_logits, teacher_logits = student_logits.to(dtype), teacher_logits.to(dtype)
     log_student = F.log_softmax(student_logits / t, dim=-1)
     teacher = F.softmax(teacher_logits / t, dim=-1)
     return F.kl_div(log_student, teacher, reduction="sum") * (t * t) / student_logits.numel()
@@ -59,12 +61,14 @@ def semantic_loss(
     Returns:
         Scalar loss averaged over all B*(k+2) selected tokens.
     """
-    logits = logit_scale * selected @ text_emb.T  # (B, k+2, C)
-    flat = logits.reshape(-1, logits.shape[-1])  # (B*(k+2), C)
-    repeats = selected.shape[1]
-    if target.is_floating_point():
-        return kl_to_teacher(flat, target.repeat_interleave(repeats, dim=0), temperature)
-    return F.cross_entropy(flat, target.repeat_interleave(repeats, dim=0))
+    dtype = torch.promote_types(torch.promote_types(selected.dtype, text_emb.dtype), torch.float32)
+    with torch.autocast(selected.device.type, enabled=False):  # the logits and the KL in float32, as the host's
+        logits = logit_scale * selected.to(dtype) @ text_emb.T.to(dtype)  # (B, k+2, C)
+        flat = logits.reshape(-1, logits.shape[-1])  # (B*(k+2), C)
+        repeats = selected.shape[1]
+        if target.is_floating_point():
+            return kl_to_teacher(flat, target.to(dtype).repeat_interleave(repeats, dim=0), temperature)
+        return F.cross_entropy(flat, target.repeat_interleave(repeats, dim=0))
 
 
 def regularization_loss(refined: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:

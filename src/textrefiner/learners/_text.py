@@ -412,9 +412,11 @@ class PromptLearner(nn.Module):
         )
         weight = self.encoder.parts.token_embedding.weight
         shape = (self.encoder.num_classes, n_ctx, weight.shape[-1]) if class_specific else (n_ctx, weight.shape[-1])
+        # the context is trained: float32 even when CLIP was loaded in bf16/fp16 (fp16 gradients
+        # cannot be unscaled by a GradScaler, bf16 ones lose the small SGD updates)
         if ctx_init is None:
-            return torch.empty(shape, device=weight.device, dtype=weight.dtype).normal_(std=0.02)
-        return self.encoder.embed_words(ctx_init).expand(shape).clone()  # the words' own embeddings
+            return torch.empty(shape, device=weight.device, dtype=torch.float32).normal_(std=0.02)
+        return self.encoder.embed_words(ctx_init).float().expand(shape).clone()  # the words' own embeddings
 
     @property
     def model(self) -> nn.Module:

@@ -69,9 +69,9 @@ class CoCoOp(PromptLearner):
         d = self.embed_dim
         hidden = max(1, d // 16)
         self.meta_net = nn.Sequential(  # CoCoOp's "linear1 -> relu -> linear2"
-            nn.Linear(d, hidden, device=weight.device, dtype=weight.dtype),
+            nn.Linear(d, hidden, device=weight.device, dtype=torch.float32),  # trained: float32 whatever CLIP's dtype
             nn.ReLU(inplace=True),
-            nn.Linear(hidden, w, device=weight.device, dtype=weight.dtype),
+            nn.Linear(hidden, w, device=weight.device, dtype=torch.float32),
         )
 
     @property

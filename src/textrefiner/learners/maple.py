@@ -87,13 +87,13 @@ class MaPLe(PromptLearner):
         self.prompt_depth = depth
 
         weight = self.encoder.parts.token_embedding.weight
-        kw = dict(device=weight.device, dtype=weight.dtype)
+        kw = dict(device=weight.device, dtype=torch.float32)  # trained weights are float32 whatever CLIP's dtype
         w_t, w_v = self.encoder.width, vision_width(model)
         if init_ids is None:
             ctx = torch.empty(n_ctx, w_t, **kw).normal_(std=0.02)
         else:
             with torch.no_grad():
-                ctx = self.encoder.parts.token_embedding(torch.tensor(init_ids, device=weight.device)).clone()
+                ctx = self.encoder.parts.token_embedding(torch.tensor(init_ids, device=weight.device)).float()
         self.ctx = nn.Parameter(ctx)  # (n, w_t): T_0
         self.deep_text = nn.ParameterList(  # T_1 .. T_{J-1}, each (n, w_t)
             [nn.Parameter(torch.empty(n_ctx, w_t, **kw).normal_(std=0.02)) for _ in range(max(0, depth - 1))]

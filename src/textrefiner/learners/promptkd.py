@@ -163,7 +163,7 @@ class PromptKDStudent(nn.Module):
         self._model = [model]  # a list keeps the model out of parameters(), state_dict() and .to()
         self.n_ctx, self.prompt_depth = n_ctx, depth
         weight = next(model.parameters())
-        kw = dict(device=weight.device, dtype=weight.dtype)
+        kw = dict(device=weight.device, dtype=torch.float32)  # trained weights are float32 whatever CLIP's dtype
         w = vision_width(model)
         self.prompts = nn.ParameterList([nn.Parameter(torch.empty(n_ctx, w, **kw).normal_(std=0.02)) for _ in range(depth)])
         self.projector = make_projector(joint_width(model), teacher_dim, **kw)
@@ -190,5 +190,5 @@ class PromptKDStudent(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D) projected student image features, unnormalised."""
-        features = _features(self.model.get_image_features(pixel_values=pixel_values))  # (B, d)
-        return self.projector(features)
+        features = _features(self.model.get_image_features(pixel_values=pixel_values))  # (B, d), CLIP's dtype
+        return self.projector(features.to(self.projector[0].weight.dtype))  # the trained projector is float32

@@ -54,8 +54,16 @@ def logit_scale(model: nn.Module) -> torch.Tensor:
 
 
 def cosine_logits(scale: torch.Tensor, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """``scale * norm(images) @ classes.T``: (B, d), (C, d) -> (B, C); ``classes`` used as given."""
-    return scale * F.normalize(images, dim=-1) @ classes.T.to(images.dtype)
+    """``scale * norm(images) @ classes.T``: (B, d), (C, d) -> (B, C); ``classes`` used as given.
+
+    Computed in float32 (float64 for float64 inputs) with autocast off: the B x C logits feed
+    softmax losses (cross-entropy, PromptKD's KL), which bf16 logits would round visibly, and
+    the matmul is tiny next to the towers.
+    """
+    dtype = torch.promote_types(torch.promote_types(images.dtype, classes.dtype), torch.float32)
+    with torch.autocast(images.device.type, enabled=False):
+        scale = scale.to(dtype) if isinstance(scale, torch.Tensor) else scale
+        return scale * F.normalize(images.to(dtype), dim=-1) @ classes.T.to(dtype)
 
 
 class Method(nn.Module):

@@ -45,8 +45,15 @@ def per_image_semantic_loss(
     Returns:
         Scalar, averaged over the B*(k+2) tokens; equals docs/method.md §6's loss when every ``text[b]`` is the same.
     """
-    logits = scale * torch.einsum("bkd,bcd->bkc", selected, text.to(selected.dtype))  # (B, k+2, C)
-    return F.cross_entropy(logits.flatten(0, 1), labels.repeat_interleave(selected.shape[1]))
+    with torch.autocast(selected.device.type, enabled=False):  # float32 logits, as the host's
+        logits = scale * torch.einsum("bkd,bcd->bkc", selected.float(), text.float())  # (B, k+2, C)
+        return F.cross_entropy(logits.flatten(0, 1), labels.repeat_interleave(selected.shape[1]))
+
+
+def _image_logits(scale: torch.Tensor, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """``scale * image_b . text_bc``: (B, d), (B, C, d) -> (B, C), in float32 with autocast off."""
+    with torch.autocast(image.device.type, enabled=False):
+        return scale.float() * torch.einsum("bd,bcd->bc", image.float(), text.float())
 
 
 class CoCoOpMethod(Method):
@@ -59,7 +66,9 @@ class CoCoOpMethod(Method):
         textrefiner: attach a TextRefiner to the vision tower; or a dict of its options.
         n_ctx: number of context tokens (set by ``ctx_init`` when given).
         ctx_init: words to initialise the context from ("a photo of a"), or None for random.
-        max_prompts: the most prompts per text pass at evaluation (images are chunked).
+        max_prompts: the most prompts per text pass: evaluation chunks the images to fit, a
+            training step with more than this many (B x C) prompts is refused (its activations
+            all stay alive for the backward pass: ~41 GiB in fp32 at batch 32 on SUN397's base classes).
     """
 
     def __init__(
@@ -85,19 +94,26 @@ class CoCoOpMethod(Method):
         return self
 
     def training_step(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        b, c = pixel_values.shape[0], self.learner.encoder.num_classes
+        if b * c > self.learner.max_prompts:
+            raise ValueError(
+                f"CoCoOp would train B x C = {b} x {c} = {b * c} prompts in one text pass, more than max_prompts="
+                f"{self.learner.max_prompts}; every prompt's activations are kept for the backward pass. Use a smaller "
+                f"--batch-size (CoCoOp's recipe uses 1), or raise max_prompts if the device's memory allows"
+            )
         scale = logit_scale(self.model)
         with torch.no_grad():  # frozen vision tower: the hooks still capture its tokens
             images = image_features(self.model, pixel_values)  # (B, d)
         text = F.normalize(self.learner.text_features(images), dim=-1)  # (B, C, d), one text pass
         image = F.normalize(images, dim=-1)
         if self.refiner is None:
-            logits = scale * torch.einsum("bd,bcd->bc", image.to(text.dtype), text)
+            logits = _image_logits(scale, image, text)
             loss = F.cross_entropy(logits, labels)
             return StepOutput(loss, logits, {"cls": loss.detach()})
         b, c, d = text.shape
         flat = text.reshape(b * c, d)
         refined = self.refiner.refine(flat, self.refiner.local_tokens)  # (B*C, d): one read, one write
-        logits = scale * torch.einsum("bd,bcd->bc", image.to(refined.dtype), refined.view(b, c, d))
+        logits = _image_logits(scale, image, refined.view(b, c, d))
         cls = F.cross_entropy(logits, labels)
         selected = select_tokens(self.refiner.aligned_tokens, self.refiner.cls_attention, self.refiner.config.top_k)
         sem = per_image_semantic_loss(selected, text, labels, scale)

@@ -121,8 +121,9 @@ class PromptKDMethod(Method):
         """``teacher_scale * norm(teacher.image(x)) @ E.T``: (B, 3, H, W) -> (B, C), no grad."""
         text = self.teacher_text if text is None else text
         with torch.no_grad():
-            images = teacher_image_features(self.teacher, pixel_values)  # (B, D)
-            return logit_scale(self.teacher).float() * images @ text.T.float()
+            images = teacher_image_features(self.teacher, pixel_values)  # (B, D), float32
+            with torch.autocast(images.device.type, enabled=False):  # the KL's target in float32, not bf16
+                return logit_scale(self.teacher).float() * images @ text.T.float()
 
     def training_step(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> StepOutput:
         text = self.teacher_text  # (C, D)
