@@ -64,6 +64,11 @@ def test_a_global_batch_the_world_does_not_divide_is_refused(tiny_clip_dir, fake
     assert main(_args(tiny_clip_dir, fake_data_root, out, "--batch-size", "5")) == 2
     assert "--batch-size 5 is the global batch and must split evenly over the 2 processes" in capsys.readouterr().err
     assert not out.exists()
+    monkeypatch.setenv("WORLD_SIZE", "100")
+    monkeypatch.setattr("textrefiner.engine.load_pretrained", lambda *a: pytest.fail("loaded before refusing"))
+    assert main(_args(tiny_clip_dir, fake_data_root, out, "--batch-size", "100")) == 2
+    assert "12 training image(s) cannot be split over 100 processes" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_each_rank_takes_its_slice_of_the_batches_one_process_draws():

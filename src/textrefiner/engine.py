@@ -527,6 +527,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
             "or another --output-dir"
         )
     items, classnames = _training_items(cfg)
+    if len(items) < world:
+        raise RunError(f"{len(items)} training image(s) cannot be split over {world} processes")
     ddp = _Dist(device)
     if ddp.enabled and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
