@@ -30,7 +30,7 @@ from textrefiner.engine import NOT_TRAINING, RunConfig
 def _args(tiny_clip_dir, fake_data_root, out, *extra: str) -> list[str]:
     return [
         "train", "--model", str(tiny_clip_dir), "--dataset", "eurosat", "--root", str(fake_data_root), "--output-dir", str(out),
-        "--shots", "2", "--epochs", "1", "--batch-size", "3", "--num-workers", "0", "--no-progress", "--lr", "0.01", *extra,
+        "--shots", "2", "--epochs", "1", "--batch-size", "3", "--num-workers", "0", "--no-progress", "--lr", "0.01", "--select", "last", *extra,
     ]
 
 
@@ -140,7 +140,7 @@ def test_a_kill_at_every_instant_of_a_save_leaves_the_newest_whole_checkpoint(tm
     assert 2 in recovered[:-1]  # some kills mid-save already had the new one whole (between the renames)
 
 
-def test_killed_between_the_two_renames_resumes_from_the_new_checkpoint(finished, tiny_clip_dir, fake_data_root, tmp_path, capsys):
+def test_killed_between_the_two_renames_resumes_from_the_new_checkpoint(tiny_clip_dir, fake_data_root, tmp_path, capsys):
     # the case: .checkpoint.old-PID (epoch N) and .checkpoint.tmp-PID (epoch N+1), both whole
     out = tmp_path / "run"
     assert main(_args(tiny_clip_dir, fake_data_root, out, "--epochs", "2")) == 0
@@ -189,6 +189,17 @@ def test_overwrite_removes_the_old_results_before_training(finished, tiny_clip_d
     assert json.loads((out / "results.json").read_text())["seed"] == 2
     assert json.loads((out / "run_config.json").read_text())["seed"] == 2
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_half_written_files_of_a_killed_run_are_cleaned_up(finished, tiny_clip_dir, fake_data_root, tmp_path):
+    out = _copy(finished, tmp_path)
+    (out / "results.json").unlink()  # killed during the final evaluation...
+    leftovers = [out / ".results.json.tmp-999", out / ".method.safetensors.tmp-999", out / "refiner" / ".textrefiner.safetensors.tmp-999"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    (out / "notes.tmp-999").write_text("mine")  # not ours: kept
+    assert main(_args(tiny_clip_dir, fake_data_root, out, "--resume")) == 0
+    assert not any(p.exists() for p in leftovers) and (out / "notes.tmp-999").exists()
 
 
 def test_an_interrupted_run_is_not_restarted_over_without_overwrite(finished, tiny_clip_dir, fake_data_root, tmp_path, capsys):

@@ -54,6 +54,23 @@ def remove_outputs(out: Path) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+# Files written through a temporary sibling ``.NAME.tmp-PID`` (in the run folder, and in refiner/).
+_ATOMIC = ("run_config.json", "log.json", "results.json", "method.safetensors", "best.safetensors",
+           "textrefiner.safetensors", "textrefiner_config.json")  # fmt: skip
+
+
+def remove_temporary_files(out: Path) -> list[str]:
+    """Remove the ``.NAME.tmp-PID`` files a killed run left half-written; call it holding the lock."""
+    removed = []
+    for folder in (out, out / "refiner"):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.is_file() and any(path.name.startswith(f".{name}.tmp-") for name in _ATOMIC):
+                    path.unlink()
+                    removed.append(str(path.relative_to(out)))
+    return removed
+
+
 def _process_start(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (Linux), to tell a reused pid from the lock's owner."""
     try:

@@ -156,7 +156,7 @@ class RunConfig:
         TextRefinerConfig(embed_dim=1, **options)  # raises naming the field and the value
 
     def save(self, directory: Path) -> None:
-        (directory / RUN_CONFIG).write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(directory / RUN_CONFIG, json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> RunConfig:
@@ -548,6 +548,7 @@ def _claim(out: Path, lock: _rundir.RunLock, *, resume: bool, overwrite: bool) -
     created = not out.exists()
     lock.acquire()
     try:
+        _rundir.remove_temporary_files(out)  # a killed run's half-written files; no one else writes here now
         if overwrite:
             _rundir.remove_outputs(out)
         elif resume and ckpt.recover(out / "checkpoint") is None:
