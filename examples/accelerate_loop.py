@@ -2,7 +2,7 @@
 
 The same script runs in one process (CPU or GPU) and on many GPUs or nodes:
 
-    python examples/accelerate_loop.py --steps 3                     # a tiny random CLIP
+    python examples/accelerate_loop.py --steps 3                     # the mini CLIP shipped with textrefiner
     accelerate launch --num-processes 4 examples/accelerate_loop.py  # DDP, one process per GPU
     ACCELERATE_USE_CPU=1 torchrun --nproc-per-node 2 examples/accelerate_loop.py  # DDP on CPU (gloo)
     python examples/accelerate_loop.py --model openai/clip-vit-base-patch16 --mixed-precision bf16
@@ -16,7 +16,6 @@ your own dataset of ``(pixel_values, label)`` pairs.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 
 import torch
@@ -54,7 +53,7 @@ class RefinedClassifier(nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="CLIP id or folder (default: a tiny random CLIP built offline)")
+    parser.add_argument("--model", default=None, help="CLIP id or folder (default: the mini CLIP shipped with textrefiner)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8, help="per process")
     parser.add_argument("--lr", type=float, default=0.002)
@@ -74,13 +73,10 @@ def main() -> None:
 
     # 1. A frozen CLIP, and the refiner hooked onto its vision tower.
     model_dir = args.model
-    if model_dir is None:  # a tiny random CLIP, written once by the main process, read by all
-        from textrefiner.testing import save_tiny_clip
+    if model_dir is None:  # a small pretrained CLIP shipped in the package: a folder every process reads
+        from textrefiner.mini import WEIGHTS_DIR
 
-        model_dir = os.path.join(args.output_dir, "tiny-clip")
-        with accelerator.main_process_first():
-            if accelerator.is_main_process:
-                save_tiny_clip(model_dir)
+        model_dir = str(WEIGHTS_DIR)
     clip = CLIPModel.from_pretrained(model_dir).to(accelerator.device).eval().requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     refiner = textrefiner.attach(clip)  # every image forward now fills refiner.local_tokens / cls_attention

@@ -1,6 +1,6 @@
 """CoOp + TextRefiner in your own training loop: real data code, GPU when there is one, bf16.
 
-    python examples/coop_textrefiner.py                      # offline: tiny random CLIP, generated images
+    python examples/coop_textrefiner.py                      # offline: the mini CLIP on mini-colours pictures
     python examples/coop_textrefiner.py --model openai/clip-vit-base-patch16 \\
         --dataset eurosat --root ~/data --epochs 10           # real weights and a CoOp-layout dataset
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -25,9 +24,9 @@ from textrefiner.methods import build_method
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="Hub id or folder (default: a tiny random CLIP)")
-    parser.add_argument("--dataset", default="eurosat")
-    parser.add_argument("--root", default=None, help="CoOp data folder (default: a generated one)")
+    parser.add_argument("--model", default=None, help="Hub id or folder (default: the mini CLIP shipped with textrefiner)")
+    parser.add_argument("--dataset", default="mini-colours", help="a dataset name of `textrefiner datasets`")
+    parser.add_argument("--root", default=None, help="CoOp data folder (default: a temporary one; mini datasets are drawn there)")
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -46,14 +45,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device {device}, autocast bf16: {use_bf16}")
 
     tmp = tempfile.TemporaryDirectory()
-    if args.model is None:  # the offline stand-in for a Hub checkpoint, loaded back the same way
-        from textrefiner.testing import save_tiny_clip
+    if args.model is None:  # a small pretrained CLIP shipped in the package: a folder, loaded like any other
+        from textrefiner.mini import WEIGHTS_DIR
 
-        args.model = str(save_tiny_clip(Path(tmp.name) / "clip"))
+        args.model = str(WEIGHTS_DIR)
     if args.root is None:
         args.root = tmp.name
-        # 40 images per class: 20 for training (50/20/30 split), enough for the default 16 shots
-        make_fake_dataset(args.root, args.dataset, num_classes=6, images_per_class=40, image_size=40, seed=0)
+        if not args.dataset.startswith("mini-"):  # the mini datasets are drawn on first use; others are generated
+            # 40 images per class: 20 for training (50/20/30 split), enough for the default 16 shots
+            make_fake_dataset(args.root, args.dataset, num_classes=6, images_per_class=40, image_size=40, seed=0)
 
     clip = AutoModel.from_pretrained(args.model).to(device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)

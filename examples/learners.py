@@ -1,8 +1,8 @@
 """CoCoOp, MaPLe and PromptKD with TextRefiner, through the Method API, in plain PyTorch.
 
-    python examples/learners.py                               # CoCoOp on a tiny random CLIP, CPU, offline
+    python examples/learners.py                               # CoCoOp on the mini CLIP shipped with textrefiner, offline
     python examples/learners.py --method maple --no-textrefiner
-    python examples/learners.py --method promptkd             # tiny teacher with a wider joint space
+    python examples/learners.py --method promptkd             # a tiny random teacher with a wider joint space
     python examples/learners.py --method promptkd --model openai/clip-vit-base-patch16 \\
         --teacher openai/clip-vit-large-patch14 --device cuda --steps 100
 
@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", choices=["cocoop", "maple", "promptkd"], default="cocoop")
     parser.add_argument("--textrefiner", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--model", default=None, help="student / host model for from_pretrained (default: a tiny random CLIP)")
-    parser.add_argument("--teacher", default=None, help="PromptKD teacher (default: a tiny random CLIP with a 40-d joint space)")
+    parser.add_argument("--model", default=None, help="student / host model for from_pretrained (default: the mini CLIP shipped with textrefiner)")
+    parser.add_argument("--teacher", default=None, help="PromptKD teacher (default: a tiny random CLIP with a 96-d joint space)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=0.002)
@@ -51,14 +51,15 @@ def main(argv: list[str] | None = None) -> None:
         transformers.utils.logging.disable_progress_bar()
 
     with tempfile.TemporaryDirectory() as tmp:
+        from textrefiner.mini import WEIGHTS_DIR
         from textrefiner.testing import save_tiny_clip
 
-        name = args.model or str(save_tiny_clip(f"{tmp}/student"))  # the offline stand-in for a hub checkpoint
+        name = args.model or str(WEIGHTS_DIR)  # a small pretrained CLIP shipped in the package, loaded like a Hub checkpoint
         clip = AutoModel.from_pretrained(name).to(args.device)
         tokenizer = AutoTokenizer.from_pretrained(name)
         options = {}
         if args.method == "promptkd":
-            teacher = args.teacher or str(save_tiny_clip(f"{tmp}/teacher", seed=1, projection_dim=40, hidden_size=48))
+            teacher = args.teacher or str(save_tiny_clip(f"{tmp}/teacher", seed=1, projection_dim=96, hidden_size=48))
             options["teacher"] = teacher  # loaded (frozen) by the method with AutoModel / AutoTokenizer
         method = build_method(args.method, clip, tokenizer, BASE, textrefiner=args.textrefiner, **options).to(args.device)
 

@@ -1,6 +1,6 @@
 """Quickstart: train a TextRefiner on a frozen CLIP in a few lines of plain PyTorch.
 
-    python examples/quickstart.py                                  # a tiny random CLIP, on CPU, offline
+    python examples/quickstart.py                                  # the mini CLIP shipped with textrefiner, CPU, offline
     python examples/quickstart.py --model openai/clip-vit-base-patch16 --device cuda --steps 100
 
 The two lines that matter:
@@ -18,7 +18,6 @@ them into it; the loss is cross-entropy on the refined class embeddings plus ``r
 from __future__ import annotations
 
 import argparse
-import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ CLASSES = ["cat", "dog", "car", "tree", "boat"]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model id or folder for from_pretrained (default: a tiny random CLIP)")
+    parser.add_argument("--model", default=None, help="model id or folder for from_pretrained (default: the mini CLIP shipped with textrefiner)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=0.002)
@@ -45,14 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     if not args.verbose:  # transformers' own "Loading weights" bars; ours (if any) stay
         transformers.utils.logging.disable_progress_bar()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        name = args.model
-        if name is None:  # the offline stand-in for a hub checkpoint, loaded back exactly the same way
-            from textrefiner.testing import save_tiny_clip
+    name = args.model
+    if name is None:  # a small pretrained CLIP shipped in the package: a folder, loaded like a Hub checkpoint
+        from textrefiner.mini import WEIGHTS_DIR
 
-            name = str(save_tiny_clip(tmp))
-        clip = AutoModel.from_pretrained(name).to(args.device).eval().requires_grad_(False)  # frozen
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        name = str(WEIGHTS_DIR)
+    clip = AutoModel.from_pretrained(name).to(args.device).eval().requires_grad_(False)  # frozen
+    tokenizer = AutoTokenizer.from_pretrained(name)
 
     # 1. Hook the refiner onto the model: every image forward now fills refiner.local_tokens.
     refiner = textrefiner.attach(clip).train()

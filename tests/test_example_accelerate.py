@@ -1,4 +1,4 @@
-"""examples/accelerate_loop.py runs end to end on a tiny CLIP and saves a loadable refiner."""
+"""examples/accelerate_loop.py runs end to end on the mini CLIP and saves a loadable refiner."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""examples/learners.py trains CoCoOp, MaPLe and PromptKD (with and without TextRefiner) on a tiny CLIP."""
+"""examples/learners.py trains CoCoOp, MaPLe and PromptKD (with and without TextRefiner) on the mini CLIP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""examples/quickstart.py runs end to end on the tiny CLIP and trains a loadable refiner."""
+"""examples/quickstart.py runs end to end on the mini CLIP and trains a loadable refiner."""
 
 from __future__ import annotations
 
@@ -33,10 +33,10 @@ def test_quickstart_trains_and_saves(tmp_path):
     assert [line.split()[1] for line in steps] == ["1/3", "2/3", "3/3"]
     losses = torch.tensor([float(line.split("loss ")[1].split()[0]) for line in steps])
     assert bool(torch.isfinite(losses).all()) and bool((losses > 0).all())
-    assert "refined class embeddings (5, 24)" in proc.stdout
+    assert "refined class embeddings (5, 64)" in proc.stdout
 
     refiner = TextRefiner.from_pretrained(out)
-    assert (refiner.embed_dim, refiner.token_dim) == (24, 24)  # sized from the tiny CLIP's projection
+    assert (refiner.embed_dim, refiner.token_dim) == (64, 64)  # sized from the mini CLIP's projection
     torch.testing.assert_close(refiner.cache.norm(dim=-1), torch.ones(refiner.cache.shape[0]))
     assert bool((refiner.cache < 0).any())  # the initial U[0, 1) cache has no negative entry: training wrote it
 
