@@ -58,3 +58,16 @@ def test_verbose_brings_the_transformers_bars_back(tmp_path):
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Loading weights" in done.stderr
+
+
+def test_what_the_readme_snippets_write_is_git_ignored():
+    # a user running the README's code in the clone should not see new files in `git status`
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    written = set(re.findall(r'save_pretrained\("([^"/]+)"\)', readme))
+    assert "my-refiner" in written
+    if _git_status() is None:
+        pytest.skip("not a git checkout")
+    for name in sorted(written):
+        assert subprocess.run(["git", "check-ignore", "-q", f"{name}/textrefiner_config.json"], cwd=ROOT).returncode == 0, name
