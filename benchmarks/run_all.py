@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["cache_write", "text_truncation", "inference", "train_step", "reference_step", "memory"]
+BENCHMARKS = ["cache_write", "text_truncation", "inference", "train_step", "reference_step", "memory", "loader", "compile"]
 
 
 def main() -> int:

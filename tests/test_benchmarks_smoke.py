@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ["cache_write", "text_truncation", "inference", "train_step", "reference_step", "memory"]
+SCRIPTS = ["cache_write", "text_truncation", "inference", "train_step", "reference_step", "memory", "loader", "compile"]
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -284,14 +284,14 @@ class _Dist:
 
 # ---------------------------------------------------------------- loops
 def default_num_workers() -> int:
-    """Loader processes when not given: the CPUs this process may use, shared by the local ranks, at most 8.
+    """Loader processes when not given: the CPUs this process may use, shared by the local ranks
+    (one left for the rank's own process), at most 16.
 
-    benchmarks/bench_loader.py measures what one worker delivers; 8 decoded-once workers outrun
-    a ViT-B/16 step on one GPU (README, "Feeding a GPU").
+    benchmarks/bench_loader.py measures what one worker delivers (README, "Feeding a GPU").
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(0, min(8, cpus // max(local, 1) - 1))
+    return max(0, min(16, cpus // max(local, 1) - 1))
 
 
 def _loader(dataset, cfg: RunConfig, *, train: bool, epoch: int = 0, ddp: _Dist | None = None, device: torch.device | None = None) -> DataLoader:
@@ -581,11 +581,13 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     ddp_method: Any = method
     if ddp.enabled:
-        # broadcast_buffers=False: the cache is kept identical on every rank by the write's own
-        # all-reduce, BatchNorm statistics stay per rank (docs/distributed.md), constant buffers
-        # never change; broadcasting them every step would only cost time and overwrite BN stats
+        # forward_sync_buffers=False: buffers are copied from rank 0 once, when DDP wraps the
+        # method (so every rank starts with the same cache), never again: the cache is kept
+        # identical by the write's own all-reduce, BatchNorm statistics stay per rank
+        # (docs/distributed.md) and constant buffers never change, so re-sending them every step
+        # would only cost time and overwrite the BatchNorm statistics with rank 0's
         ddp_method = torch.nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            method, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
         )
     if cfg.compile:  # after the method is built, so the refiner's hooks are in place before compiling
         ddp_method = torch.compile(ddp_method)

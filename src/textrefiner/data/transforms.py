@@ -170,13 +170,16 @@ class TrainTransform:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
 
-    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        image = to_rgb(image)
+    def augment(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Crop, resize and flip an RGB image: (3, h, w) uint8, not yet normalised."""
         top, left, h, w = self.crop_box(*image.size, generator=generator)
         image = image.crop((left, top, left + w, top + h)).resize((self.size[1], self.size[0]), resample=self.resample)
         if torch.rand(1, generator=generator).item() < self.flip_p:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return self.normalise(_pil_to_uint8(image))
+        return _pil_to_uint8(image)
+
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.normalise(self.augment(to_rgb(image), generator))
 
 
 def _field(size: Any, key: str) -> Any:
