@@ -14,8 +14,16 @@ from textrefiner.data import ImageDataset, load_dataset, transforms_from_process
 from textrefiner.methods import build_method
 from textrefiner.mini import load_clip, make_dataset
 
-pytestmark = pytest.mark.slow
 DATASET = "mini-colours"  # the mini task where the shipped CLIP's features carry the class (see README)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: this tiny model runs ~10x faster than on two contended ones (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +72,7 @@ def test_coop_beats_zero_shot_on_base_classes(task):
     ctx_before = [p.detach().clone() for p in method.parameters() if p.requires_grad]
     learnt = _accuracy(_train(method, train), classnames, test)
     ctx_after = [p.detach() for p in method.parameters() if p.requires_grad]
-    assert all(not torch.equal(a, b) for a, b in zip(ctx_before, ctx_after)), "the context vectors did not move"
+    assert all((a - b).norm() > 1e-3 for a, b in zip(ctx_before, ctx_after)), "the context vectors did not move"
     assert learnt >= zero_shot + 8.0, (zero_shot, learnt)
     method.detach()
 
@@ -76,8 +84,10 @@ def test_textrefiner_learns_and_its_state_matters(task):
     refiner = method.refiner
     zero_shot_text = method.text_embeddings().detach()
     before = {k: v.detach().clone() for k, v in refiner.state_dict().items() if v.is_floating_point()}
+    ctx_before = method.learner.ctx.detach().clone()
     learnt = _accuracy(_train(method, train), classnames, test)
     after = refiner.state_dict()
+    assert (method.learner.ctx - ctx_before).norm() > 1e-3, "the context vectors did not move"
     # every learnt tensor of the refiner moved: alignment MLP, fuse Linear, BN statistics and the cache
     # (fc1's bias feeds BatchNorm, which subtracts it again: its gradient is zero by design)
     for name, value in before.items():

@@ -108,6 +108,7 @@ def run_demo(
     batch_size: int = DEMO_RECIPE["batch_size"],
     model: str = "mini",
     progress: bool = True,
+    threads: int | None = 1,
 ) -> list[dict]:
     """Zero-shot CLIP and each method with and without TextRefiner on the mini datasets; returns the results.
 
@@ -118,11 +119,17 @@ def run_demo(
         methods: prompt learners to train, each with and without TextRefiner.
         model: ``"mini"`` (the shipped mini CLIP) or a folder written by ``python -m textrefiner.mini.pretrain``.
         progress: one progress bar over all runs.
+        threads: torch CPU threads (None: torch's choice). One is fastest for this tiny model: more
+            threads only wait on each other, badly so on a busy machine.
     """
+    import torch
+
     from .mini import load_clip
     from .mini.model import resolve
 
     start = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
     clip, _, _ = load_clip(resolve(model))
     print(MINI_BANNER.format(params=sum(p.numel() for p in clip.parameters()) / 1e6), flush=True)
     with tempfile.TemporaryDirectory(prefix="textrefiner-demo-") as tmp:

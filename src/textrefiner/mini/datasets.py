@@ -81,7 +81,7 @@ IMAGES_PER_CLASS = 80
 # warm-up + cosine, best-val selection) at batch 16 and a larger learning rate (the mini CLIP's logit scale is
 # ~20, not 100, so the context vectors get ~5x smaller gradients than on CLIP ViT-B/16).
 DEMO_RECIPE = {"shots": 16, "epochs": 10, "lr": 0.05, "batch_size": 16}
-DEMO_DATASETS = ("mini-shapes", "mini-colours")
+DEMO_DATASETS = ("mini-shapes", "mini-colours", "mini-lookalikes")
 assert all(set(kw.get("shapes", SHAPES)) <= set(SHAPES) for s in MINI_DATASETS.values() for _, kw in s.classes)
 
 
