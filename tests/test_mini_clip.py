@@ -72,7 +72,7 @@ def test_zero_shot_on_held_out_pictures_is_well_above_chance(mini):
     acc = zero_shot(model, tokenizer, scenes, images)
     chance = {"shape": 100 / len(SHAPES), "colour": 100 / len(COLOURS), "pattern": 100 / len(PATTERNS)}
     log = json.loads((WEIGHTS_DIR / "pretrain_log.json").read_text())
-    for attr, floor in (("colour", 90.0), ("pattern", 55.0), ("shape", 25.0)):
+    for attr, floor in (("colour", 90.0), ("pattern", 65.0), ("shape", 45.0)):
         assert acc[attr] >= floor > 2 * chance[attr], (attr, acc)
         assert abs(acc[attr] - log["zero_shot_heldout"][attr]) < 10  # the log's numbers are this model's
 

@@ -6,7 +6,7 @@
     make_dataset("~/data", "shapes")                   # CoOp layout: ~/data/mini-shapes/...
 
 It is a stand-in for CLIP and its benchmarks where no real weights or images can be
-downloaded: small enough to pretrain in ~10 minutes on one CPU core
+downloaded: small enough to pretrain in ~13 minutes on one CPU core
 (``python -m textrefiner.mini.pretrain``), real enough that zero-shot transfer, prompt
 learning and base-to-novel generalisation can be measured on it. It is not the paper's
 benchmark. See ``world.py`` (pictures and captions), ``datasets.py`` (the few-shot tasks),

@@ -1,6 +1,6 @@
 """Contrastive pretraining of the mini CLIP on captioned pictures of the attribute world.
 
-    python -m textrefiner.mini.pretrain --output mini-clip/          # ~10 min on one CPU core
+    python -m textrefiner.mini.pretrain --output mini-clip/          # ~13 min on one quiet CPU core
     python -m textrefiner.mini.pretrain --output /tmp/x --steps 5 --pool 512   # smoke size
 
 Recipe (deterministic from ``--seed``; same machine + torch version -> same weights):
@@ -123,7 +123,7 @@ def zero_shot(model, tokenizer, scenes: Sequence[Scene], images: np.ndarray, bat
 def pretrain(
     output: str | Path | None,
     *,
-    steps: int = 1600,
+    steps: int = 2600,
     batch_size: int = 128,
     pool: int = 30000,
     lr: float = 2e-3,
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m textrefiner.mini.pretrain", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output", required=True, help="folder to write the model, tokenizer and image processor to")
-    p.add_argument("--steps", type=int, default=1600, help="optimiser steps")
+    p.add_argument("--steps", type=int, default=2600, help="optimiser steps")
     p.add_argument("--batch-size", type=int, default=128, help="pictures (and captions) per step")
     p.add_argument("--pool", type=int, default=30000, help="pictures drawn once and sampled from")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
