@@ -112,6 +112,12 @@ def test_mini_dataset_is_drawn_on_first_use(tmp_path):
     assert len(data.test) == 10 * 24  # 80 pictures per class, 30 % test
 
 
+def test_mini_dataset_root_is_created_on_first_use(tmp_path):
+    root = tmp_path / "not" / "yet"  # the README's `--root ~/data` on a fresh machine
+    data = load_dataset("mini-lookalikes", root, shots=0, subsample="all")
+    assert (root / "mini-lookalikes" / "classnames.txt").is_file() and data.num_classes == 8
+
+
 def test_dataset_classes_constrain_the_pictures():
     """A class fixes its attributes (colour of mini-colours, shape of mini-shapes) and the style is shifted."""
     spec = mini_spec("colours")

@@ -96,7 +96,7 @@ def load_dataset(
     if info.test_only and shots > 0:
         raise ValueError(f"{info.title} is a test-only dataset (cross-domain target); expected shots=0, got {shots}")
     root = Path(root).expanduser().absolute()
-    if not root.is_dir():
+    if not root.is_dir() and info.layout != "mini":  # a mini dataset is drawn under root (created) on first use
         raise FileNotFoundError(f"data root not found: expected a folder at {root}")
 
     if info.layout == "imagefolder":
