@@ -73,6 +73,26 @@ def epoch_images_per_s(dataset, batch: int, workers: int, repeats: int) -> list[
     return rates
 
 
+def per_worker_images_per_s(dataset, batch: int, repeats: int) -> float:
+    """One worker's steady rate: samples made and collated in this process, one torch thread, no loader."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    transform = getattr(dataset, "batch_transform", None)
+    rates = []
+    try:
+        for r in range(repeats):
+            dataset.set_epoch(r)
+            t0 = time.perf_counter()
+            for start in range(0, len(dataset), batch):
+                x = torch.stack([dataset[i][0] for i in range(start, min(start + batch, len(dataset)))])
+                if transform is not None:
+                    x = transform(x)  # on the GPU in training: counted here anyway
+            rates.append(len(dataset) / (time.perf_counter() - t0))
+    finally:
+        torch.set_num_threads(threads)
+    return statistics.median(rates)
+
+
 def step_images_per_s(smoke: bool, device: torch.device, batch: int, warmup: int, steps: int) -> float:
     model = build_clip(smoke, device)
     classnames = CLASSNAMES[:10] if smoke else CLASSNAMES
@@ -98,7 +118,7 @@ def step_images_per_s(smoke: bool, device: torch.device, batch: int, warmup: int
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     device = resolve(args, warmup=1, steps=3, gpu_warmup=5, gpu_steps=20)
-    n_images, size, batch, repeats = (16, (64, 48), 4, 1) if args.smoke else (256, (500, 375), 32, 3)
+    n_images, size, batch, repeats = (16, (64, 48), 4, 1) if args.smoke else (512, (500, 375), 32, 3)
     out_hw = (32, 32) if args.smoke else (224, 224)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     worker_counts = sorted({1, 2, cpus}) if not args.smoke else [1]  # the engine always loads in workers
@@ -111,6 +131,10 @@ def main() -> None:
         decode_s = time.perf_counter() - t0
         pil = ImageDataset(items, transform, seed=1)
         rows, runs = [], []
+        a, b = per_worker_images_per_s(pil, batch, repeats), per_worker_images_per_s(decoded, batch, repeats)
+        print(f"one worker, steady: PIL {a:.0f} img/s, decoded once {b:.0f} img/s (x{b / a:.2f})", flush=True)
+        rows.append(["1 (steady rate, no loader)", f"{a:.0f}", f"{b:.0f}", f"{b / a:.2f}"])
+        runs.append({"workers": "steady", "pil_images_per_s": a, "decoded_images_per_s": b, "ratio": b / a})
         for workers in worker_counts:
             a = statistics.median(epoch_images_per_s(pil, batch, workers, repeats))
             b = statistics.median(epoch_images_per_s(decoded, batch, workers, repeats))
@@ -119,10 +143,10 @@ def main() -> None:
             runs.append({"workers": workers, "pil_images_per_s": a, "decoded_images_per_s": b, "ratio": b / a})
     step = step_images_per_s(args.smoke, device, batch if args.smoke else 8, args.warmup, args.steps)
     print(f"CoOp + TextRefiner step: {step:.1f} img/s on {device}", flush=True)
-    one = next(r for r in runs if r["workers"] == 1)
+    one = next(r for r in runs if r["workers"] == "steady")
     checks = [
-        Check.timing(args, "decoded once / PIL, 1 worker", "≥ 2", f"{one['ratio']:.2f}", one["ratio"] >= 2),
-        Check.timing(args, "decoded-once loader (1 worker) / CPU step, images/s", "≥ 1", f"{one['decoded_images_per_s'] / step:.1f}", one["decoded_images_per_s"] >= step, cpu_only=True),
+        Check.timing(args, "decoded once / PIL, one worker's steady rate", "≥ 2", f"{one['ratio']:.2f}", one["ratio"] >= 2),
+        Check.timing(args, "decoded-once worker / CPU step, images/s", "≥ 1", f"{one['decoded_images_per_s'] / step:.1f}", one["decoded_images_per_s"] >= step, cpu_only=True),
     ]
     write_results(
         args,
@@ -135,6 +159,8 @@ def main() -> None:
         notes=[
             f"Decoding the {n_images} images once took {decode_s:.2f} s (done once per run, before the first epoch).",
             "Workers share the decoded images through fork (copy-on-write); epochs reuse them.",
+            "The loader rows include starting the workers, once per epoch (the engine builds a loader per epoch); "
+            "the steady row is what one worker sustains, the number to size a GPU's workers with.",
             "How many workers a GPU needs: divide the GPU step's images/s by the per-worker decoded-once rate (see README).",
         ],
     )

@@ -81,3 +81,15 @@ def test_checkpoint_keeps_the_current_devices_cuda_rng_only(monkeypatch):
     resuming.current = 0
     set_rng_state(old_style, meta)  # a checkpoint from before: one state per GPU of the saving machine
     assert torch.equal(resuming.states[0], saving.states[0])
+
+
+def test_auto_precision_is_bf16_on_a_cuda_gpu_with_bf16_else_fp32(monkeypatch):
+    from textrefiner.engine import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("fp16", torch.device("cpu")) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "bf16"
+    assert resolve_precision("fp32", torch.device("cuda", 0)) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "fp32"

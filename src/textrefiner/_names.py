@@ -5,4 +5,4 @@ The registries they mirror live next to the code (``engine.PRECISIONS``, ``metho
 """
 
 METHOD_NAMES = ("cocoop", "coop", "maple", "promptkd")  # sorted keys of textrefiner.methods.METHODS
-PRECISION_NAMES = ("bf16", "fp16", "fp32")  # sorted keys of textrefiner.engine.PRECISIONS
+PRECISION_NAMES = ("auto", "bf16", "fp16", "fp32")  # sorted keys of textrefiner.engine.PRECISIONS

@@ -34,7 +34,7 @@ from ._io import atomic_write_text
 from .methods import METHODS, build_method
 from .methods._base import Method
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # auto: see resolve_precision
 SELECTS = ("best-val", "last")  # model selection: the epoch with the best val accuracy, or the last one
 VAL_SPLITS = ("val", "test")
 RUN_CONFIG = "run_config.json"
@@ -64,7 +64,7 @@ class RunConfig:
     weight_decay: float = 5e-4
     warmup_epochs: int = 1  # constant warm-up epochs at warmup_lr before the cosine schedule
     warmup_lr: float = 1e-5
-    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast)
+    precision: str = "auto"  # fp32, bf16 or fp16 (autocast); auto: bf16 on a CUDA GPU that has it, else fp32
     device: str = "auto"  # auto picks CUDA when available
     num_workers: int | None = None  # data-loading processes; None: from the machine (default_num_workers)
     decode_once: bool = True  # decode training images once into memory, augment with tensor ops
@@ -184,6 +184,14 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} asked for CUDA, but torch.cuda.is_available() is False on this machine")
     return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on a CUDA device with bf16 (the towers' matmuls at tensor-core speed; the
+    cache write, CLS-attention scores, logits and losses stay float32), else ``fp32``."""
+    if name != "auto":
+        return name
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def load_pretrained(name_or_path: str) -> tuple[torch.nn.Module, Any, Any]:
@@ -519,6 +527,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
             f"use a multiple of {world}"
         )
     device = resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))  # saved and compared resolved
     if resume:
         _check_resumable(out, cfg)
     elif not overwrite and (found := _rundir.existing_outputs(out)):
@@ -757,6 +766,7 @@ def evaluate_run(
     from .data import ImageDataset, load_dataset, transforms_from_processor
 
     device = device or resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
     processor = None
     if method is None:
         weights, selected_epoch = _saved_weights(cfg)  # read (and refused if damaged) before the model loads
