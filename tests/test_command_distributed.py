@@ -52,6 +52,9 @@ def test_two_ranks_equal_one_process_at_the_same_global_batch(tiny_clip_dir, fak
     assert [r["epoch"] for r in log_ddp] == [1, 2]
     for a, b in zip(log_ddp, log_one):  # the log is the global batch's, as one process records it
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5) and a["train_acc"] == b["train_acc"]
+        assert a["val_acc"] == b["val_acc"]  # val is scored by both ranks, half the images each
+    results_ddp, results_one = (json.loads((d / "results.json").read_text()) for d in (out, one))
+    assert {k: results_ddp[k] for k in ("base", "novel", "hm")} == {k: results_one[k] for k in ("base", "novel", "hm")}  # test, sharded too
     # the 1e-5 tolerance tells runs apart: another global batch (what --batch-size per rank meant) differs
     other = tmp_path / "other"
     assert main(_args(tiny_clip_dir, fake_data_root, other, "--batch-size", "2")) == 0

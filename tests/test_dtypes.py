@@ -93,3 +93,19 @@ def test_auto_precision_is_bf16_on_a_cuda_gpu_with_bf16_else_fp32(monkeypatch):
     assert resolve_precision("fp32", torch.device("cuda", 0)) == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_precision("auto", torch.device("cuda", 0)) == "fp32"
+
+
+@pytest.mark.parametrize("name", ["coop", "cocoop", "maple", "promptkd"])
+def test_frozen_models_cast_once_and_trained_weights_stay_float32(name):
+    method = _method(name, torch.float32)
+    method.cast_frozen(torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in method.model.parameters())
+    if name == "promptkd":
+        assert all(p.dtype == torch.bfloat16 for p in method.teacher.parameters())
+    assert all(p.dtype == torch.float32 for p in method.parameters() if p.requires_grad)
+    assert method.refiner.cache.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = method(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.logits.dtype == torch.float32
+    method.refiner.check_writes()

@@ -9,6 +9,7 @@ under bf16/fp16 autocast (fp16 with a GradScaler), in one process or under
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -333,19 +334,51 @@ def _autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def evaluate(method: Method, dataset, classnames: list[str], cfg: RunConfig, device: torch.device, desc: str = "eval") -> float:
-    """Top-1 accuracy (%) of ``method`` on ``dataset`` over ``classnames``, class embeddings baked once."""
+def evaluate(
+    method: Method, dataset, classnames: list[str], cfg: RunConfig, device: torch.device, desc: str = "eval", ddp: _Dist | None = None
+) -> float:
+    """Top-1 accuracy (%) of ``method`` on ``dataset`` over ``classnames``, class embeddings baked once.
+
+    Under DDP (``ddp`` given) every rank must call it: each scores every ``world``-th image and
+    one SUM all-reduce joins the counts, so every rank returns the accuracy of the whole set.
+    """
     method.eval()
     with _autocast(device, cfg.precision):
         method.prepare_eval(classnames)
-    correct = total = 0
+    sharded = ddp is not None and ddp.enabled
+    if sharded:
+        dataset = torch.utils.data.Subset(dataset, range(ddp.rank, len(dataset), ddp.world))
+    counts = torch.zeros(2, dtype=torch.long, device=device)  # correct, seen: on the device, read once
     loader = _loader(dataset, cfg, train=False, device=device)
-    for pixel_values, labels in tqdm(loader, desc=desc, disable=not cfg.progress, leave=False):
+    for pixel_values, labels in tqdm(loader, desc=desc, disable=not cfg.progress or (sharded and not ddp.main), leave=False):
         with _autocast(device, cfg.precision):
-            logits = method.eval_logits(pixel_values.to(device))
-        correct += (logits.argmax(-1).cpu() == labels).sum().item()
-        total += labels.numel()
+            logits = method.eval_logits(pixel_values.to(device, non_blocking=device.type == "cuda"))
+        labels = labels.to(device, non_blocking=device.type == "cuda")
+        counts[0] += (logits.argmax(-1) == labels).sum()
+        counts[1] += labels.shape[0]
+    if sharded:
+        dist.all_reduce(counts)
+    correct, total = counts.tolist()
     return 100.0 * correct / max(total, 1)
+
+
+@contextlib.contextmanager
+def _rank0_state(method: Method, ddp: _Dist):
+    """Within the block every rank holds rank 0's state (what rank 0 saves; BatchNorm statistics
+    are per rank), so a sharded evaluation scores rank 0's model; each rank's own state comes back after."""
+    if not ddp.enabled:
+        yield
+        return
+    state = method.state_dict()
+    own = None if ddp.main else {k: v.clone() for k, v in state.items()}
+    for value in state.values():
+        dist.broadcast(value, 0)
+    try:
+        yield
+    finally:
+        if own is not None:
+            for key, value in state.items():
+                value.copy_(own[key])
 
 
 def _build(cfg: RunConfig, device: torch.device, classnames: list[str]) -> tuple[Method, Any]:
@@ -360,7 +393,11 @@ def _build(cfg: RunConfig, device: torch.device, classnames: list[str]) -> tuple
     method = build_method(
         cfg.method, model, tokenizer, classnames, textrefiner=(cfg.refiner_options or True) if cfg.textrefiner else False, **options
     )
-    return method.to(device), processor
+    method = method.to(device)
+    half = PRECISIONS[resolve_precision(cfg.precision, device)]
+    if device.type == "cuda" and half is not None:  # autocast would re-cast every frozen weight at every use
+        method.cast_frozen(half)
+    return method, processor
 
 
 def _read_logs(method: Method, sums: dict[str, torch.Tensor], correct: torch.Tensor, seen: int, step: int) -> dict[str, float]:
@@ -618,13 +655,15 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\(\)` before")
             scheduler.step()
         record["seconds"] = time.perf_counter() - t0
-        if val_set is not None and ddp.main:
-            record["val_acc"] = evaluate(method, val_set, val_classnames, cfg, device, desc="val")
+        if val_set is not None:  # every rank scores its share of the val images, with rank 0's state
+            with _rank0_state(method, ddp):
+                record["val_acc"] = evaluate(method, val_set, val_classnames, cfg, device, desc="val", ddp=ddp)
             if val_classnames != classnames:  # back to the training classes (unlabelled PromptKD trains on all)
                 method.prepare_eval(classnames)
             if best["val_acc"] is None or record["val_acc"] > best["val_acc"]:  # strictly better: the first best is kept
-                best = {"epoch": epoch + 1, "val_acc": record["val_acc"]}
-                _save_best(method, out / BEST, epoch + 1, record["val_acc"])
+                best = {"epoch": epoch + 1, "val_acc": record["val_acc"]}  # the same on every rank
+                if ddp.main:
+                    _save_best(method, out / BEST, epoch + 1, record["val_acc"])
         log.append(record)
         if ddp.main:
             print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in record.items()}), flush=True)
@@ -637,21 +676,22 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
 
     ddp.check_replicas_agree(method)
     results: dict[str, Any] = {}
+    selected = best["epoch"] if cfg.select == "best-val" else cfg.epochs
     if ddp.main:
         from ._io import atomic_save_file, load_state
         from safetensors.torch import load_file
 
-        selected = cfg.epochs
         if cfg.select == "best-val":  # test (and save) the best epoch's state, cache and BN statistics included
             load_state(method, {k: v.to(device) for k, v in load_file(str(out / BEST)).items()}, source=str(out / BEST))
-            selected = best["epoch"]
         try:
             atomic_save_file(dict(method.state_dict()), out / WEIGHTS, metadata={"method": cfg.method, "epoch": str(selected)})
             if method.refiner is not None:
                 method.refiner.save_pretrained(out / "refiner")
         except OSError as err:
             raise RunError(f"could not save the trained weights in {out}: {err.strerror or err}; the checkpoint is kept") from err
-        results = evaluate_run(cfg, method=method, device=device, selected_epoch=selected)
+    with _rank0_state(method, ddp):  # every rank tests rank 0's (selected) state, on its share of the test images
+        results = evaluate_run(cfg, method=method, device=device, selected_epoch=selected, ddp=ddp)
+    if ddp.main:
         atomic_write_text(out / RESULTS, json.dumps(results, indent=2, sort_keys=True) + "\n")
         if method.refiner is not None:  # the refiner's model card names the run it came from
             from ._card import write_model_card
@@ -659,7 +699,7 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
             write_model_card(out / "refiner", method.refiner.config, run=dataclasses.asdict(cfg), results=results)
     ddp.barrier()
     method.detach()
-    return results
+    return results if ddp.main else {}  # every rank computed them; rank 0 reports
 
 
 # RunConfig fields that do not shape training: --resume may change them (everything else must
@@ -754,7 +794,12 @@ def _saved_weights(cfg: RunConfig) -> tuple[dict[str, torch.Tensor], int | None]
 
 
 def evaluate_run(
-    cfg: RunConfig, *, method: Method | None = None, device: torch.device | None = None, selected_epoch: int | None = None
+    cfg: RunConfig,
+    *,
+    method: Method | None = None,
+    device: torch.device | None = None,
+    selected_epoch: int | None = None,
+    ddp: _Dist | None = None,
 ) -> dict[str, Any]:
     """Accuracy on the test split(s) the protocol asks for.
 
@@ -784,7 +829,7 @@ def evaluate_run(
 
     def accuracy(name: str, subsample: str) -> float:
         split = load_dataset(name, cfg.root, shots=0, seed=cfg.seed, subsample=subsample)
-        return evaluate(method, ImageDataset(split.test, transform), split.classnames, cfg, device, desc=f"{name}/{subsample}")
+        return evaluate(method, ImageDataset(split.test, transform), split.classnames, cfg, device, desc=f"{name}/{subsample}", ddp=ddp)
 
     results: dict[str, Any] = {"method": cfg.method, "textrefiner": cfg.textrefiner, "dataset": cfg.dataset, "seed": cfg.seed, "shots": cfg.shots}
     results |= {"select": cfg.select, "selected_epoch": selected_epoch}

@@ -87,6 +87,15 @@ class Method(nn.Module):
         self._classifier = None
         return self
 
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        """Cast the frozen host model(s) to ``dtype`` once (for bf16/fp16 autocast on a GPU).
+
+        Under autocast every matmul would otherwise re-cast its float32 frozen weight at every
+        use. The trained weights (prompts, projections, the refiner) stay float32, and so do
+        the cache write, the CLS-attention scores, the logits and the losses.
+        """
+        self.model.to(dtype)
+
     def attach_refiner(self, textrefiner: bool | dict[str, Any], **defaults: Any) -> None:
         """Attach a TextRefiner to the host's vision tower when asked (a dict: options over ``defaults``)."""
         if textrefiner:

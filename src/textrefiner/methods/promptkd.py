@@ -112,6 +112,11 @@ class PromptKDMethod(Method):
         self.teacher.eval()
         return self
 
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        """Cast the frozen student and teacher to ``dtype`` once (the teacher's text features stay float32)."""
+        super().cast_frozen(dtype)
+        self.teacher.to(dtype)
+
     def detach(self) -> None:
         """Remove the refiner's hooks and the student's vision prompts from the host model."""
         super().detach()
