@@ -41,4 +41,5 @@ def test_sdist_ships_a_test_suite_that_collects(tmp_path):
         assert needed in names, needed
     assert not [n for n in names if "__pycache__" in n or n.startswith("benchmarks/results/smoke")]
     (unpacked,) = (tmp_path / "unpacked").iterdir()
-    assert _collected(unpacked) == _collected(ROOT)
+    collected = _collected(unpacked)  # no collection error there (the run fails on one), and every test file
+    assert {line.split("::")[0] for line in collected} == {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")}
