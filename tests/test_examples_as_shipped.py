@@ -71,3 +71,8 @@ def test_what_the_readme_snippets_write_is_git_ignored():
         pytest.skip("not a git checkout")
     for name in sorted(written):
         assert subprocess.run(["git", "check-ignore", "-q", f"{name}/textrefiner_config.json"], cwd=ROOT).returncode == 0, name
+    # and the folders its `textrefiner` commands write (run folders, tables, inspect figures)
+    outputs = set(re.findall(r"--output(?:-dir)? ([a-z][\w.*/-]*)", readme))  # not DIR placeholders
+    assert "inspect/eurosat" in outputs
+    for name in sorted(outputs):
+        assert subprocess.run(["git", "check-ignore", "-q", f"{name}/index.html"], cwd=ROOT).returncode == 0, name
