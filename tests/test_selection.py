@@ -31,8 +31,8 @@ def _script_val(monkeypatch, values: list[float]) -> list[int]:
     """Val accuracies come from ``values`` in turn; returns the sizes of the val sets scored."""
     original, sizes = _EVALUATE, []
 
-    def evaluate(method, dataset, classnames, cfg, device, desc="eval"):
-        accuracy = original(method, dataset, classnames, cfg, device, desc=desc)  # really run it
+    def evaluate(method, dataset, classnames, cfg, device, desc="eval", ddp=None):
+        accuracy = original(method, dataset, classnames, cfg, device, desc=desc, ddp=ddp)  # really run it
         if desc != "val":
             return accuracy
         sizes.append(len(dataset))
