@@ -38,3 +38,16 @@ def test_demo_help_lists_the_mini_datasets():
 
     help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["demo"].format_help().split())
     assert "mini-shapes, mini-colours, mini-lookalikes" in help_text and "(default: 0.05)" in help_text
+
+
+@pytest.mark.parametrize("flags, says", [(["--epochs", "0"], "`epochs` should be positive"),
+                                         (["--lr", "-1"], "`lr` should be positive"),
+                                         (["--shots", "-1"], "`shots` should be 0 (all) or more"),
+                                         (["--batch-size", "0"], "`batch_size` should be positive")])
+def test_demo_refuses_a_bad_recipe_before_anything_runs_or_prints(capsys, flags, says):
+    from textrefiner.cli import main
+
+    assert main(["demo", "--no-progress", *flags]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # no banner, no partial progress bar: nothing ran
+    assert err.startswith(f"textrefiner demo: error: {says}") and err.count("\n") == 1, err

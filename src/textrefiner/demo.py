@@ -96,6 +96,18 @@ def run_b2n(
     return results, classes
 
 
+def _check_recipe(methods: Sequence[str], *, epochs: int, shots: int, lr: float, batch_size: int, seed: int, model: str) -> None:
+    """Refuses a bad recipe value (``ValueError``) before the model loads or anything is printed."""
+    from .engine import RunConfig
+
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
+        raise ValueError(f"`shots` should be 0 (all) or more, got {shots!r}")
+    for method in methods:
+        RunConfig(dataset="mini-colours", root=".", output_dir=".", model=model, method=method, shots=shots, seed=seed,
+                  epochs=epochs, batch_size=batch_size, lr=lr, teacher=model if method == "promptkd" else None,
+                  unlabeled=method == "promptkd")
+
+
 def run_demo(
     work_dir: str | None = None,
     *,
@@ -128,6 +140,7 @@ def run_demo(
     from .mini.model import resolve
 
     start = time.perf_counter()
+    _check_recipe(methods, epochs=epochs, shots=shots, lr=lr, batch_size=batch_size, seed=seed, model=model)
     if threads:
         torch.set_num_threads(threads)
     clip, _, _ = load_clip(resolve(model))
@@ -137,7 +150,7 @@ def run_demo(
         results, classes = run_b2n(work / "data", work / "runs", datasets=datasets, seeds=(seed,), methods=methods,
                                    epochs=epochs, shots=shots, lr=lr, batch_size=batch_size, model=model, progress=progress)
     print("\n" + demo_table(results, classes))
-    print(f"Chance = 100 / classes. {shots} shots per base class, {epochs} epochs, seed {seed}; "
+    print(f"Chance = 100 / classes. {f'{shots} shots' if shots else 'All training images'} per base class, {epochs} epochs, seed {seed}; "
           f"{time.perf_counter() - start:.0f} s in all. Zero-shot uses the prompt \"a photo of a {{class}}.\"; "
           "CoOp learns 4 context vectors from it on the base classes only.")
     return results
