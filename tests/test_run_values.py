@@ -75,6 +75,16 @@ def test_out_of_range_values(tiny_clip_dir, fake_data_root, tmp_path, capsys, no
     assert expected in _refused(capsys, out)
 
 
+@pytest.mark.parametrize("extra, expected", [
+    (["--subsample", "all", "--eval-datasets", "imagenet_a", "nosuch"], "unknown dataset 'nosuch'"),
+    (["--eval-datasets", "imagenet_a"], "--eval-datasets are tested only after training on all classes (--subsample all)"),
+])
+def test_eval_datasets_are_checked_before_training(tiny_clip_dir, fake_data_root, tmp_path, capsys, no_loading, extra, expected):
+    out = tmp_path / "run"  # were: ignored silently (base-to-novel), or an error only after the whole training
+    assert main(_args(tiny_clip_dir, fake_data_root, out, *extra)) == 2
+    assert expected in _refused(capsys, out)
+
+
 @pytest.mark.parametrize("extra", [["--cache-size", "10"], ["--alpha", "0.5"], ["--sync-batchnorm"], ["--semantic-weight", "1"]])
 def test_refiner_options_without_textrefiner_are_refused(tiny_clip_dir, fake_data_root, tmp_path, capsys, no_loading, extra):
     out = tmp_path / "run"

@@ -124,6 +124,14 @@ class RunConfig:
             self.kd_weight = release_kd_weight(self.dataset)
         if self.kd_weight is not None and not self.kd_weight > 0:
             raise ValueError(f"`kd_weight` should be positive, got {self.kd_weight}")
+        if self.eval_datasets and self.subsample != "all":  # base-to-novel tests base and novel only
+            raise ValueError(f"--eval-datasets are tested only after training on all classes (--subsample all), "
+                             f"got --subsample {self.subsample} with --eval-datasets {' '.join(self.eval_datasets)}")
+        if self.eval_datasets:
+            from .data import get_dataset_info
+
+            for name in self.eval_datasets:  # an unknown name is refused now, not after training
+                get_dataset_info(name)
         if (self.unlabeled or self.unlabeled_root) and self.method != "promptkd":
             raise ValueError(f"unlabelled training needs a method that learns without labels (promptkd), got {self.method}")
 
