@@ -201,6 +201,27 @@ def _empty_slice(rank: int) -> dict[str, object]:
     return out
 
 
+def _syncs_and_refusal(rank: int) -> dict[str, object]:
+    """A DDP step makes no host sync from textrefiner code; NaN tokens on ONE rank are refused on every rank."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _syncs import SyncCounter
+
+    torch.manual_seed(SEED)
+    learner = Learner().train()
+    model = _ddp(learner, "init")
+    batches = [step[rank] for step in _data([3, 3], steps=3)]
+    _train_steps(model, learner, batches[:1])  # the first step may set things up
+    with SyncCounter() as syncs:
+        _train_steps(model, learner, batches[1:2])
+    before = learner.refiner.cache.clone()
+    tokens = batches[2][0].clone()
+    if rank == 1:
+        tokens[0, 0, 0] = float("nan")
+    with torch.no_grad():
+        model(tokens)  # only rank 1's slice is bad
+    return {"syncs": dict(syncs.where), "unchanged": torch.equal(learner.refiner.cache, before), "refused": int(learner.refiner.refused_writes)}
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     if sys.platform.startswith("linux"):
@@ -212,6 +233,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         results = {name: _train_ddp(rank, *args) for name, args in SCENARIOS.items()}
         results["empty"] = _empty_slice(rank)
         results["sync_bn"] = _train_ddp(rank, [4, 4], False, "init", sync=True)
+        results["syncs"] = _syncs_and_refusal(rank)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -253,6 +275,12 @@ def test_parameters_are_identical_across_ranks_and_match_one_process(ranks, name
         for key in PARAMS + ["refiner.cache"]:
             assert torch.equal(ranks[0][name][step][key], ranks[1][name][step][key]), (step, key)
     _assert_states_close(ranks[0][name], _reference_ddp(sizes, frozen_bn), atol=1e-5, keys=PARAMS)
+
+
+def test_ddp_step_is_sync_free_and_a_bad_slice_is_refused_on_every_rank(ranks):
+    for rank in ranks:
+        assert rank["syncs"]["syncs"] == {}  # no item/bool/... from textrefiner code, collectives included
+        assert rank["syncs"]["unchanged"] and rank["syncs"]["refused"] == 1  # the caches stay equal
 
 
 def test_batchnorm_statistics_are_per_rank(ranks):
