@@ -129,3 +129,15 @@ def test_readme_commands_run_as_written(readme_machine):
             assert "| coop + TextRefiner | eurosat | 1 |" in done.stdout, line
             assert "Loading weights" not in done.stderr  # transformers' own bars are off unless --verbose
     assert (work / "runs" / "coop_tr" / "table.md").read_text().startswith("| method | dataset | seeds | base | novel | hm |")
+
+
+def test_readme_states_the_default_precision():
+    from textrefiner._names import PRECISION_NAMES
+    from textrefiner.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    (precision,) = [a for a in train._actions if "--precision" in a.option_strings]
+    assert precision.default == "auto" and set(precision.choices) == set(PRECISION_NAMES)
+    text = " ".join(README.read_text().split())
+    assert "`--precision auto|fp32|bf16|fp16` (auto, the default:" in text
+    assert "the default is fp32" not in text  # stale since `auto` became the default
