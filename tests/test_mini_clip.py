@@ -93,3 +93,16 @@ def test_pretrain_is_deterministic(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     pixels = to_pixel_values(draw_pool(2, seed=0)[1])
     assert pixels.shape == (2, 3, 32, 32) and pixels.dtype == torch.float32
+
+
+def test_load_clip_shows_no_transformers_bar_and_leaves_the_setting_as_it_was(capsys):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    load_clip()
+    assert "Loading weights" not in capsys.readouterr().err  # the README's first snippet prints only its answer
+    assert hf_logging.is_progress_bar_enabled()  # the user's own setting is restored
+    hf_logging.disable_progress_bar()
+    load_clip()
+    assert not hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()

@@ -136,11 +136,18 @@ def load_clip(path: str | os.PathLike | None = None) -> tuple[Any, Any, Any]:
     """
     import torch
     from transformers import AutoImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers.utils import logging as hf_logging
 
     folder = Path(path) if path is not None else WEIGHTS_DIR
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"mini CLIP not found: expected a folder with config.json at {folder}")
-    model = CLIPModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a 1 MB local file: transformers' "Loading weights" bar is only noise
+    try:
+        model = CLIPModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
     processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     return model.eval(), tokenizer, processor
