@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from textrefiner import TextRefiner
-from textrefiner._tiny import tiny_clip, tiny_tokenizer
+from textrefiner.testing import tiny_clip, tiny_tokenizer
 from textrefiner.methods import build_method
 
 D, T_DIM, C, B, N = 16, 12, 5, 3, 8

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textrefiner._tiny import tiny_clip, tiny_tokenizer
+from textrefiner.testing import tiny_clip, tiny_tokenizer
 from textrefiner.losses import kl_to_teacher
 from textrefiner.methods import build_method
 

@@ -12,7 +12,7 @@ import torch
 
 from _syncs import SyncCounter
 from textrefiner import TextRefiner
-from textrefiner._tiny import tiny_clip, tiny_tokenizer
+from textrefiner.testing import tiny_clip, tiny_tokenizer
 from textrefiner.methods import build_method
 
 CLASSES = ["cat", "dog", "car"]

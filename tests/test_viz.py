@@ -179,7 +179,7 @@ def test_inspect_without_refiner_draws_the_curves_of_the_selected_run(run_dir, t
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["cocoop", "promptkd"])
 def test_inspect_reads_what_each_method_passes_its_refiner(method, tiny_clip_dir, fake_data_root, tmp_path):
-    from textrefiner._tiny import save_tiny_clip
+    from textrefiner.testing import save_tiny_clip
 
     out = tmp_path / "run"
     extra = ["--teacher", str(save_tiny_clip(tmp_path / "teacher", seed=3, hidden_size=48, projection_dim=40))] if method == "promptkd" else []
