@@ -98,3 +98,15 @@ def test_unknown_choice_is_a_usage_error(capsys):
         main(["train", "--dataset", "x", "--root", "r", "--output-dir", "o", "--precision", "fp8"])
     assert exc.value.code == 2
     assert "invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["recipes", "extra"], ["datasets", "--nosuch"], ["table", "runs", "--nosuch", "x"]])
+def test_unknown_arguments_are_the_commands_error(capsys, argv):
+    from textrefiner.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)  # were: `textrefiner: error: ...`, not naming the command
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"textrefiner {argv[0]}: error: unrecognized arguments: "), last
+    assert ("extra" if argv[0] == "recipes" else "--nosuch") in last, last

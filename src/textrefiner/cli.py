@@ -453,7 +453,10 @@ def _quiet_hf() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's own parser: `textrefiner CMD: error: ...`, as every other command error
+        commands = parser._subparsers._group_actions[0].choices
+        (commands[args.command] if args.command in commands else parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:  # bare `textrefiner`: say what there is (exit 2, as for any call that ran nothing)
         parser.print_help()
         return 2
