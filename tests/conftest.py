@@ -12,6 +12,10 @@ from hypothesis import settings
 settings.register_profile("textrefiner", deadline=None, max_examples=40, derandomize=True)
 settings.load_profile("textrefiner")
 
+# Every tensor here is tiny: torch's intra-op thread pool only adds contention (1000 small cache
+# writes take ~9 s with 2 threads on 2 busy cores, ~0.3 s with 1). Subprocesses are not affected.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
