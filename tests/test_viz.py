@@ -307,6 +307,23 @@ def test_inspect_errors_exit_2_without_traceback(tmp_path, capsys):
     assert err.startswith("textrefiner inspect: error: ") and "run_config.json is missing" in err
 
 
+@pytest.mark.parametrize("flags, says", [(["--num-images", "0"], "`num_images` should be an int of at least 1, got 0"),
+                                         (["--num-images", "-1"], "`num_images` should be an int of at least 1"),
+                                         (["--top-k", "-1"], "`top_k` should be an int of at least 0")])
+def test_inspect_refuses_bad_counts_before_anything_is_written(tmp_path, capsys, flags, says):
+    out = tmp_path / "o"  # --num-images 0 was a RuntimeError traceback, after the output folder was made
+    assert main(["inspect", str(tmp_path), "--output-dir", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"textrefiner inspect: error: {says}") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_inspect_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "o").write_text("")
+    assert main(["inspect", str(tmp_path), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "is a file; expected a folder" in capsys.readouterr().err
+
+
 def test_readme_figure_is_shipped_small_and_linked_absolutely():
     from pathlib import Path
 

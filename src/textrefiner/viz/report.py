@@ -151,11 +151,17 @@ def inspect_run(
 
     Raises:
         FileNotFoundError: not a run folder, or images / data not found.
+        ValueError: ``num_images`` < 1, ``top_k`` < 0, or ``output_dir`` is a file.
         ImportError: matplotlib is missing (``pip install "textrefiner[plot]"``).
     """
     from ..engine import RESULTS, RunConfig
 
     run_dir, out = Path(run_dir), Path(output_dir)
+    for flag, value, least in (("num_images", num_images, 1), ("top_k", top_k, 0)):  # before anything is written
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"`{flag}` should be an int of at least {least}, got {value!r}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output-dir {out} is a file; expected a folder (created if missing)")
     cfg = RunConfig.load(run_dir)  # fails early, with a clear message, on a folder that is not a run
     results = json.loads((run_dir / RESULTS).read_text()) if (run_dir / RESULTS).is_file() else {}
     summary: dict[str, Any] = {
