@@ -87,9 +87,11 @@ def test_recipe_kd_weights_agree_with_the_default_table():
 
 
 def test_explicit_flags_override_the_recipe():
-    cfg = _parsed("--recipe", COOP, "--lr", "0.01", "--n-ctx", "8", "--select", "last", "--alpha", "0.5")
+    cfg = _parsed("--recipe", COOP, "--lr", "0.01", "--n-ctx", "8", "--ctx-init", "", "--select", "last", "--alpha", "0.5")
     assert (cfg.lr, cfg.textrefiner, cfg.select) == (0.01, True, "last")
-    assert cfg.method_options["n_ctx"] == 8 and cfg.method_options["ctx_init"] == "a photo of a"
+    assert cfg.method_options["n_ctx"] == 8 and cfg.method_options["ctx_init"] is None  # 8 random context vectors
+    with pytest.raises(ValueError, match="--n-ctx 8 does nothing with --ctx-init 'a photo of a'"):
+        _parsed("--recipe", COOP, "--n-ctx", "8")  # the recipe's 4 words would be the context
     assert cfg.refiner_options["alpha"] == 0.5 and cfg.refiner_options["cache_size"] == 25
     plain = _parsed("--recipe", COOP, "--no-textrefiner")  # the recipe's TextRefiner settings go with it
     assert (plain.textrefiner, plain.refiner_options, plain.lr) == (False, {}, 0.002)

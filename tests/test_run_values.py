@@ -85,6 +85,18 @@ def test_eval_datasets_are_checked_before_training(tiny_clip_dir, fake_data_root
     assert expected in _refused(capsys, out)
 
 
+@pytest.mark.parametrize("extra, expected", [
+    (["--n-ctx", "16"], "--n-ctx 16 does nothing with --ctx-init 'a photo of a'"),  # was: 4 context words, silently
+    (["--method", "cocoop", "--n-ctx", "2"], "--n-ctx 2 does nothing with --ctx-init 'a photo of a'"),
+    (["--n-ctx", "0", "--ctx-init", ""], "`n_ctx` should be a positive int, got 0"),
+    (["--n-ctx", "-1"], "`n_ctx` should be a positive int, got -1"),
+])
+def test_n_ctx_that_would_be_ignored_or_is_not_positive(tiny_clip_dir, fake_data_root, tmp_path, capsys, no_loading, extra, expected):
+    out = tmp_path / "run"
+    assert main(_args(tiny_clip_dir, fake_data_root, out, *extra)) == 2
+    assert expected in _refused(capsys, out)
+
+
 @pytest.mark.parametrize("extra", [["--cache-size", "10"], ["--alpha", "0.5"], ["--sync-batchnorm"], ["--semantic-weight", "1"]])
 def test_refiner_options_without_textrefiner_are_refused(tiny_clip_dir, fake_data_root, tmp_path, capsys, no_loading, extra):
     out = tmp_path / "run"

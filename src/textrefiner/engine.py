@@ -124,6 +124,12 @@ class RunConfig:
             self.kd_weight = release_kd_weight(self.dataset)
         if self.kd_weight is not None and not self.kd_weight > 0:
             raise ValueError(f"`kd_weight` should be positive, got {self.kd_weight}")
+        n_ctx, ctx_init = self.method_options.get("n_ctx"), self.method_options.get("ctx_init")
+        if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1):
+            raise ValueError(f"`n_ctx` should be a positive int, got {n_ctx!r}")
+        if self.method in ("coop", "cocoop") and n_ctx is not None and ctx_init and n_ctx != len(ctx_init.split()):
+            raise ValueError(f"--n-ctx {n_ctx} does nothing with --ctx-init {ctx_init!r}: {self.method}'s context is then those "
+                             f"{len(ctx_init.split())} words; give --ctx-init \"\" for {n_ctx} random context vectors, or drop --n-ctx")
         if self.eval_datasets and self.subsample != "all":  # base-to-novel tests base and novel only
             raise ValueError(f"--eval-datasets are tested only after training on all classes (--subsample all), "
                              f"got --subsample {self.subsample} with --eval-datasets {' '.join(self.eval_datasets)}")
