@@ -67,6 +67,7 @@ def test_every_float_flag_refuses_non_finite_values(tiny_clip_dir, fake_data_roo
         (["--cache-size", "0"], "`cache_size` should be positive, got 0"),
         (["--warmup-epochs", "-1"], "`warmup_epochs` should be 0 or more"),
         (["--num-workers", "-2"], "`num_workers` should be 0 or more"),
+        (["--max-image-side", "0"], "`max_image_side` should be positive"),  # was: trained on 1-pixel images
     ],
 )
 def test_out_of_range_values(tiny_clip_dir, fake_data_root, tmp_path, capsys, no_loading, extra, expected):

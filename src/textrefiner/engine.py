@@ -104,6 +104,8 @@ class RunConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` should be positive, got {getattr(self, name)}")
+        if self.max_image_side is not None and self.max_image_side < 1:
+            raise ValueError(f"`max_image_side` should be positive (or not given: original size), got {self.max_image_side}")
         for name in ("warmup_epochs", "num_workers"):  # num_workers None: from the machine
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"`{name}` should be 0 or more, got {getattr(self, name)}")
