@@ -141,3 +141,14 @@ def test_readme_states_the_default_precision():
     text = " ".join(README.read_text().split())
     assert "`--precision auto|fp32|bf16|fp16` (auto, the default:" in text
     assert "the default is fp32" not in text  # stale since `auto` became the default
+
+
+def test_readme_api_table_lists_every_textrefiner_option_with_its_default():
+    import inspect
+
+    import textrefiner
+
+    (line,) = [l for l in README.read_text().splitlines() if l.startswith("| `TextRefiner(embed_dim, *,")]
+    for name, p in inspect.signature(textrefiner.TextRefiner.__init__).parameters.items():
+        if p.kind is p.KEYWORD_ONLY:
+            assert f"{name}={p.default!r}" in line, name
