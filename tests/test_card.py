@@ -53,6 +53,23 @@ def test_card_of_a_training_run_names_the_run_and_its_results():
     assert "base_model" not in local
 
 
+def test_card_of_a_mini_run_loads_the_shipped_mini_clip(tmp_path):
+    import re
+
+    from textrefiner import TextRefiner
+    from textrefiner.mini import load_clip
+
+    refiner = TextRefiner(64)
+    refiner.save_pretrained(tmp_path)
+    text = model_card(refiner.config, repo_id=str(tmp_path), run={"model": "mini", "method": "coop", "dataset": "mini-colours"})
+    assert 'from_pretrained("mini")' not in text  # "mini" is the command's name for it, not a Hub id or folder
+    (snippet,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    scope: dict = {}
+    exec(snippet.replace("classifier = ", "# classifier = "), scope)  # the snippet as printed, up to baking
+    assert type(scope["clip"]) is type(load_clip()[0]) and scope["refiner"].embed_dim == 64
+    scope["refiner"].detach()
+
+
 def test_push_to_hub_uploads_the_saved_folder_with_huggingface_hub(monkeypatch):
     refiner = _trained_refiner()
     calls: dict = {}

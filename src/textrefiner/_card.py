@@ -62,9 +62,11 @@ def model_card(
         "```python",
         "import textrefiner",
         "from transformers import AutoModel",
+        *(["from textrefiner.mini import WEIGHTS_DIR"] if model == "mini" else []),
         "",
         f'refiner = textrefiner.TextRefiner.from_pretrained("{where}")',
-        f'clip = AutoModel.from_pretrained("{model}")',
+        'clip = AutoModel.from_pretrained(WEIGHTS_DIR)   # the mini CLIP shipped in textrefiner (`--model mini`)'
+        if model == "mini" else f'clip = AutoModel.from_pretrained("{model}")',
         "refiner = textrefiner.attach(clip, refiner=refiner)   # hooks the vision tower",
         "classifier = refiner.eval().bake(text_emb)             # (C, d) refined class embeddings, computed once",
         "```",
