@@ -41,11 +41,12 @@ def test_every_example_is_covered():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXAMPLES)
-def test_example_runs_with_its_defaults_and_leaves_the_clone_clean(name):
+def test_example_runs_with_its_defaults_and_leaves_the_clone_clean(name, tmp_path):
     if name == "accelerate_loop.py" and importlib.util.find_spec("accelerate") is None:
         pytest.skip('Hugging Face Accelerate is not installed (pip install "textrefiner[accelerate]")')
     before = _git_status()
-    done = subprocess.run([sys.executable, f"examples/{name}"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    env = dict(_env(), TMPDIR=str(tmp_path))  # the folder an example saves into by default is the test's, not left in /tmp
+    done = subprocess.run([sys.executable, f"examples/{name}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     for bar in HF_BARS:
         assert bar not in done.stdout + done.stderr, f"{name} shows transformers' {bar!r} bar without --verbose"
