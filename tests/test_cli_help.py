@@ -110,3 +110,18 @@ def test_unknown_arguments_are_the_commands_error(capsys, argv):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"textrefiner {argv[0]}: error: unrecognized arguments: "), last
     assert ("extra" if argv[0] == "recipes" else "--nosuch") in last, last
+
+
+@pytest.mark.parametrize("command", ["train", "recipes"])
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, command):
+    from textrefiner import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, f"cmd_{command}", interrupted)
+    argv = ["train", "--dataset", "x", "--root", "r", "--output-dir", "o"] if command == "train" else [command]
+    assert cli.main(argv) == 130  # was: a KeyboardInterrupt traceback of ~40 lines
+    err = capsys.readouterr().err
+    assert err.startswith(f"textrefiner {command}: interrupted") and err.count("\n") == 1, err
+    assert ("--resume" in err) == (command == "train")

@@ -468,6 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, TypeError, ImportError) as err:  # OSError: a folder or disk the user can fix
         print(f"textrefiner {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through torch's data loader
+        hint = " (the run folder keeps its last whole checkpoint: rerun with --resume to continue)" if args.command == "train" else ""
+        print(f"textrefiner {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
