@@ -374,6 +374,19 @@ def test_table_names_the_bad_results_file(tmp_path, capsys, content, expected):
     assert str(path) in message and expected in message
 
 
+def test_table_refuses_a_run_given_twice_and_writes_where_told(tmp_path, capsys):
+    run = tmp_path / "seed1"
+    run.mkdir()
+    (run / "results.json").write_text('{"method": "coop", "dataset": "d", "seed": 1, "base": 80.0, "novel": 60.0}')
+    assert main(["table", str(run), str(run / "results.json")]) == 2  # was: averaged in twice, "seeds 1,1"
+    assert "is given twice" in _error(capsys)
+    out = tmp_path / "new" / "lr0.002"  # a folder not made yet, a dot in the name: was an error / lr0.md
+    assert main(["table", str(run), "--output", str(out)]) == 0
+    assert (tmp_path / "new" / "lr0.002.md").is_file() and (tmp_path / "new" / "lr0.002.json").is_file()
+    assert main(["table", str(run), "--output", str(tmp_path / "t.md")]) == 0
+    assert (tmp_path / "t.md").read_text().startswith("| method |") and (tmp_path / "t.json").is_file()
+
+
 # ---------------------------------------------------------------- disk full
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_clip_dir, fake_data_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"

@@ -283,22 +283,28 @@ def read_results(path: Path) -> dict[str, Any]:
 def cmd_table(args: argparse.Namespace) -> int:
     from .engine import RESULTS
 
-    results = []
+    results, seen = [], set()
     for run in args.runs:
         path = Path(run) / RESULTS if Path(run).is_dir() else Path(run)
         if not path.is_file():
             raise FileNotFoundError(f"no {RESULTS} in {run}; has the run finished (or run `textrefiner eval`)?")
+        if path.resolve() in seen:  # it would be averaged in twice, as a second seed
+            raise ValueError(f"{run} is given twice (as a folder or its {RESULTS}); name each run once")
+        seen.add(path.resolve())
         results.append(read_results(path))
     table = results_table(results)
+    # OUTPUT.md / .json / .png: a dot inside OUTPUT (`lr0.002`) is kept; a given .md/.json suffix is not doubled
+    stem = args.output[: -len(Path(args.output).suffix)] if args.output and Path(args.output).suffix in (".md", ".json") else args.output
+    if args.output:
+        Path(stem).parent.mkdir(parents=True, exist_ok=True)  # before printing: a bad place fails alone
     print(table, end="")
     if args.output:
-        out = Path(args.output)
-        out.with_suffix(".md").write_text(table)
-        out.with_suffix(".json").write_text(json.dumps(aggregate_results(results), indent=2, sort_keys=True) + "\n")
+        Path(stem + ".md").write_text(table)
+        Path(stem + ".json").write_text(json.dumps(aggregate_results(results), indent=2, sort_keys=True) + "\n")
     if args.plot is not None:
         from .viz import plot_results, save
 
-        png = Path(args.plot or (Path(args.output).with_suffix(".png") if args.output else "table.png"))
+        png = Path(args.plot or (stem + ".png" if args.output else "table.png"))
         print(f"wrote {save(plot_results(results), png)}")
     return 0
 
