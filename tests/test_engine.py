@@ -106,6 +106,13 @@ def test_results_table_averages_seeds_and_takes_hm_of_averages():
     assert "| coop + TextRefiner | average of 2 | 1,2 | 80.00 | 70.00 | 74.67 |" in table
 
 
+def test_results_table_has_one_row_per_dataset_however_it_was_spelt():
+    rs = [{"method": "coop", "textrefiner": True, "dataset": name, "protocol": "base2novel", "seed": s, "base": 80.0, "novel": 60.0}
+          for s, name in [(1, "mini-colours"), (2, "mini_colours"), (3, "MiniColours")]]
+    table = results_table(rs)  # were three rows and an "average of 3" over one dataset
+    assert "| coop + TextRefiner | mini_colours | 1,2,3 | 80.00 | 60.00 |" in table and "average" not in table
+
+
 @pytest.mark.slow
 def test_evaluation_bakes_once_and_never_refines_per_batch(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
     cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / "run", epochs=1)

@@ -202,8 +202,16 @@ def _label(r: dict[str, Any]) -> str:
 def aggregate_results(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Average results over seeds: one row per (method, TextRefiner, dataset, protocol)."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    from .data import get_dataset_info
+
+    def dataset(name: Any) -> Any:  # one row per dataset however it was spelt (`mini-colours`, `mini_colours`, `EuroSAT`)
+        try:
+            return get_dataset_info(name).name
+        except (TypeError, ValueError):  # a name this version does not know: kept as written
+            return name
+
     for r in results:
-        groups[(r["method"], bool(r.get("textrefiner")), r["dataset"], r.get("protocol", "base2novel"))].append(r)
+        groups[(r["method"], bool(r.get("textrefiner")), dataset(r["dataset"]), r.get("protocol", "base2novel"))].append(r)
     rows = []
     skip = {"method", "textrefiner", "dataset", "protocol", "seed", "shots", "selected_epoch"}
     for (method, tr, dataset, protocol), runs in groups.items():
