@@ -83,7 +83,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=None, help="data-loading worker processes (0: load in the main process; default: the CPUs available less one, at most 16)")
     p.add_argument("--decode-once", action=argparse.BooleanOptionalAction, default=True, help="decode training images once into memory and augment them with tensor ops (default: on)")
     p.add_argument("--max-image-side", type=int, default=None, help="with --decode-once: cap the kept images' long side in pixels (default: original size)")
-    p.add_argument("--eval-datasets", nargs="*", default=[], help="cross-dataset / domain-generalisation targets (default: none)")
+    p.add_argument("--eval-datasets", nargs="*", default=[], help="cross-dataset / domain-generalisation targets, tested after training on all classes (--subsample all) (default: none)")
     p.add_argument("--n-ctx", type=int, default=None, help="context tokens (default: from --ctx-init, else 4)")
     p.add_argument("--ctx-init", default="a photo of a", help='context initialisation words; "" for random')
     p.add_argument("--prompt-depth", type=int, default=None, help="MaPLe / PromptKD: layers with prompts (default: 9 of 12, 3/4 of the depth)")
