@@ -77,6 +77,7 @@ def main() -> None:
         from textrefiner.mini import WEIGHTS_DIR
 
         model_dir = str(WEIGHTS_DIR)
+    accelerator.wait_for_everyone()  # every process up before the first collective
     clip = CLIPModel.from_pretrained(model_dir).to(accelerator.device).eval().requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     refiner = textrefiner.attach(clip)  # every image forward now fills refiner.local_tokens / cls_attention
