@@ -144,7 +144,7 @@ def vit_b16_config():
 
 
 def build_clip(smoke: bool, device: torch.device, *, seed: int = 0, attn_implementation: str | None = None):
-    """A random-weight CLIP in eval mode: ViT-B/16-sized, or ``_tiny.tiny_clip()`` with ``smoke``."""
+    """A random-weight CLIP in eval mode: ViT-B/16-sized, or ``textrefiner.testing.tiny_clip()`` with ``smoke``."""
     from transformers import CLIPModel
 
     from textrefiner.testing import tiny_clip_config

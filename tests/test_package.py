@@ -34,13 +34,11 @@ def test_version_in_one_place_and_typed():
 
 
 def test_testing_module_is_public_and_offline(tmp_path):
-    import textrefiner._tiny as old
     import textrefiner.testing as testing
 
     assert testing.__all__ == sorted(testing.__all__)
     for name in testing.__all__:
         assert getattr(testing, name).__doc__ or name.isupper(), name
-    assert old.save_tiny_clip is testing.save_tiny_clip  # the former private name still works
     from transformers import CLIPModel
 
     path = testing.save_tiny_clip(tmp_path / "clip", seed=3)
