@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._errors import RunError
+from ._errors import RunError, read_json_object
 
 TENSORS = "checkpoint.safetensors"
 STATE = "trainer_state.json"
@@ -216,12 +216,7 @@ def read_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
         tensors = load_file(str(tensors_path))
     except (SafetensorError, OSError, ValueError) as err:
         raise RunError(f"{tensors_path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
-    try:
-        meta = json.loads(state_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunError(f"{state_path} is not valid JSON: {err}") from err
-    if not isinstance(meta, dict):
-        raise RunError(f"{state_path} is damaged: expected a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(state_path)
     _missing(meta, ["epoch", "optimizer", "scheduler", "rng"], state_path)
     if isinstance(meta["epoch"], bool) or not isinstance(meta["epoch"], int) or meta["epoch"] < 1:
         raise RunError(f"{state_path} is damaged: `epoch` should be a positive int, got {meta['epoch']!r}")

@@ -270,12 +270,9 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
 
 def read_results(path: Path) -> dict[str, Any]:
     """One run's results.json, checked for what the table needs; the error names the file and the field."""
-    try:
-        r = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(r, dict):
-        raise ValueError(f"{path} should hold a JSON object (one run's results), got {type(r).__name__}")
+    from ._errors import read_json_object
+
+    r = read_json_object(path)
     needed = {"method": str, "dataset": str, "seed": int}
     if r.get("protocol", "base2novel") == "base2novel":
         needed |= {"base": float, "novel": float}

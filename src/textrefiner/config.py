@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._errors import read_json_object
+
 CONFIG_NAME = "textrefiner_config.json"
 
 
@@ -74,12 +76,7 @@ class TextRefinerConfig:
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} should hold a JSON object, got {type(data).__name__}")
+        data = read_json_object(path)
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as err:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import _checkpoint as ckpt
 from . import _rundir
-from ._errors import RunError
+from ._errors import RunError, read_json_object
 from ._io import atomic_write_text
 from .methods import METHODS, build_method
 from .methods._base import Method
@@ -180,7 +180,7 @@ class RunConfig:
         path = Path(directory) / RUN_CONFIG
         if not path.is_file():
             raise FileNotFoundError(f"{directory} is not a textrefiner run folder: {RUN_CONFIG} is missing")
-        data = _read_json(path)
+        data = read_json_object(path)
         known = {f.name for f in dataclasses.fields(cls)}
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
@@ -755,7 +755,7 @@ def _check_resumable(out: Path, cfg: RunConfig) -> None:
     path = out / RUN_CONFIG
     if not path.is_file():
         raise RunError(f"cannot resume {out}: it holds no run ({RUN_CONFIG} is missing)")
-    saved = _read_json(path)
+    saved = read_json_object(path)
     diffs = _changed_settings(saved, cfg)
     finished = (out / RESULTS).is_file()
     if diffs:
@@ -764,15 +764,6 @@ def _check_resumable(out: Path, cfg: RunConfig) -> None:
     if finished:
         raise RunError(f"the run in {out} is finished ({RESULTS}): nothing to resume; evaluate it with `textrefiner eval`")
 
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise RunError(f"{path} should hold a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _resume(checkpoint, out: Path, cfg: RunConfig, method, optimizer, scheduler, scaler) -> tuple[int, list, dict[str, Any]]:
