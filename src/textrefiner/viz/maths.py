@@ -11,6 +11,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .. import aggregation
 from ..refiner import TextRefiner
 
 
@@ -59,7 +60,7 @@ def read_weights(text_emb: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
     Returns:
         (C, M) float32; every row sums to 1, and ``W @ cache`` is the aggregated read ``E_bar``.
     """
-    return torch.softmax(F.normalize(text_emb.float(), dim=-1) @ F.normalize(cache.float(), dim=-1).T, dim=-1)
+    return aggregation.read_weights(text_emb.float(), cache.float())
 
 
 def top_slots(weights: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
