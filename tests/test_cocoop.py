@@ -182,13 +182,97 @@ def test_engine_trains_one_epoch(tiny_clip_dir, tmp_path):
     assert (tmp_path / "run" / "method.safetensors").is_file() and (tmp_path / "run" / "refiner").is_dir()
 
 
-def test_training_more_prompts_than_fit_is_refused_clearly_and_evaluation_chunks():
+def _double_pair(textrefiner: bool, max_prompts: int) -> tuple[CoCoOpMethod, CoCoOpMethod]:
+    """Two float64 CoCoOp methods with the same weights: one pass (default max_prompts) and chunked."""
+    one, chunked = (
+        CoCoOpMethod(tiny_clip().double(), tiny_tokenizer(), NAMES, textrefiner=textrefiner, max_prompts=m).double().train()
+        for m in (4096, max_prompts)
+    )
+    with torch.no_grad():  # a meta-net shift that matters, so its gradients are not trivially zero
+        one.learner.meta_net[0].weight.normal_(std=0.5, generator=torch.Generator().manual_seed(3))
+        one.learner.meta_net[2].weight.normal_(std=0.5, generator=torch.Generator().manual_seed(4))
+    chunked.load_state_dict(one.state_dict())
+    return one, chunked
+
+
+@pytest.mark.parametrize("textrefiner", [False, True], ids=["plain", "textrefiner"])
+def test_chunked_training_step_equals_one_pass(textrefiner):
+    """B=5 images in chunks of k=2 (max_prompts = 2C): 2 + 2 + 1, checkpointed; every result is one pass's."""
+    one, chunked = _double_pair(textrefiner, max_prompts=2 * len(NAMES))
+    x, y = pixels(5).double(), torch.tensor([0, 1, 2, 3, 0])
+    for step in range(2):  # the second step reads the cache the first one wrote
+        a, b = one.training_step(x, y), chunked.training_step(x, y)
+        a.loss.backward()
+        b.loss.backward()
+        exact = dict(atol=1e-10, rtol=0)
+        torch.testing.assert_close(b.loss, a.loss, **exact)
+        torch.testing.assert_close(b.logits, a.logits, **exact)
+        assert set(b.parts) == set(a.parts)
+        for name in a.parts:
+            torch.testing.assert_close(b.parts[name], a.parts[name], **exact)
+        trained = {n: p for n, p in one.named_parameters() if p.requires_grad}
+        assert {"learner.ctx", "learner.meta_net.0.weight"} <= set(trained)
+        assert any(n.startswith("refiner.") for n in trained) == textrefiner
+        for name, p in chunked.named_parameters():
+            if p.requires_grad:
+                assert p.grad is not None and trained[name].grad.abs().sum() > 0, name
+                torch.testing.assert_close(p.grad, trained[name].grad, **exact, msg=f"{name} at step {step}")
+        buffers = dict(one.named_buffers())  # the cache, its BatchNorm statistics, the refused-write counter
+        for name, buf in chunked.named_buffers():
+            torch.testing.assert_close(buf, buffers[name], **exact, msg=f"{name} at step {step}")
+        if textrefiner:
+            assert one.refiner.cache.abs().sum() > 0  # the write happened
+    one.detach(), chunked.detach()
+
+
+def _saved_bytes_and_text_passes(max_prompts: int, batch: int = 6) -> tuple[int, int]:
+    """Bytes the training step's forward saves for backward (outside checkpointed regions), text passes run."""
+    method = CoCoOpMethod(tiny_clip(), tiny_tokenizer(), NAMES, textrefiner=True, max_prompts=max_prompts).train()
+    passes = [0]
+    real_encode = method.learner.encoder.encode
+    method.learner.encoder.encode = lambda *a, **k: (passes.__setitem__(0, passes[0] + 1), real_encode(*a, **k))[1]
+    saved = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = method.training_step(pixels(batch), torch.arange(batch) % len(NAMES))
+    out.loss.backward()
+    method.detach()
+    return saved[0], passes[0]
+
+
+def test_chunked_training_keeps_only_the_chunks_inputs_and_outputs_for_backward():
+    """Checkpointing bounds what the backward pass holds: the text tower's activations are recomputed.
+
+    The saved-tensor hooks see what stays alive until the backward pass; inside a checkpointed
+    chunk torch keeps only the chunk's inputs, so the chunked step saves far fewer bytes. Chunking
+    without checkpointing would save as much as one pass and fail here.
+    """
+    whole, whole_passes = _saved_bytes_and_text_passes(max_prompts=4096)  # 6 x 4 prompts in one pass
+    chunked, chunked_passes = _saved_bytes_and_text_passes(max_prompts=2 * len(NAMES))  # chunks of 2 images
+    singles, _ = _saved_bytes_and_text_passes(max_prompts=1)  # C > max_prompts: one image per chunk
+    assert whole_passes == 1
+    assert chunked_passes == 3 + 3  # three chunks forward, each recomputed once in backward
+    assert chunked < whole / 4, (chunked, whole)  # measured ~8x fewer on this tiny model
+    assert singles < whole / 4, (singles, whole)
+
+
+def test_training_more_prompts_than_fit_is_chunked_and_evaluation_chunks(monkeypatch):
     method = CoCoOpMethod(tiny_clip(), tiny_tokenizer(), NAMES, textrefiner=True, max_prompts=2 * len(NAMES)).train()
-    method.training_step(pixels(2), torch.tensor([0, 1]))  # 2 x C prompts: fits
-    cache = method.refiner.cache.clone()
-    with pytest.raises(ValueError, match=r"B x C = 3 x 4 = 12 prompts .* max_prompts=8; .* --batch-size"):
-        method.training_step(pixels(3), torch.tensor([0, 1, 2]))
-    assert torch.equal(method.refiner.cache, cache)  # refused before anything ran
+    refiner = method.refiner
+    writes, reads = [], []
+    real_write, real_refine = refiner._write, refiner.refine
+    monkeypatch.setattr(refiner, "_write", lambda t, *a: (writes.append(t.shape), real_write(t, *a))[1])
+    monkeypatch.setattr(refiner, "refine", lambda e, t=None: (reads.append(e.shape), real_refine(e, t))[1])
+    out = method.training_step(pixels(3), torch.tensor([0, 1, 2]))  # 3 x C = 12 prompts > 8: chunks of 2 + 1 images
+    out.loss.backward()
+    assert reads == [(3 * len(NAMES), D)]  # the refiner still reads all B*C rows at once
+    assert writes == [(3, N + 1, D)]  # and writes once per step
+    assert out.logits.shape == (3, len(NAMES))
+    assert method.learner.ctx.grad is not None
     method.eval()
     method.prepare_eval()
-    assert method.eval_logits(pixels(3)).shape == (3, len(NAMES))  # evaluation chunks instead
+    assert method.eval_logits(pixels(3)).shape == (3, len(NAMES))  # evaluation chunks too

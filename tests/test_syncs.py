@@ -21,6 +21,8 @@ METHODS = ["coop", "cocoop", "maple", "promptkd"]
 
 def _method(name: str, refine: bool, device: str = "cpu"):
     options = dict(teacher=tiny_clip(seed=1), teacher_tokenizer=tiny_tokenizer()) if name == "promptkd" else {}
+    if name == "cocoop-chunked":  # B x C = 2 x 3 prompts > max_prompts: two checkpointed text chunks of one image
+        name, options = "cocoop", dict(max_prompts=len(CLASSES))
     return build_method(name, tiny_clip(), tiny_tokenizer(), CLASSES, textrefiner=refine, **options).to(device).train()
 
 
@@ -57,7 +59,7 @@ def test_refiner_step_makes_no_host_sync():
 
 
 @pytest.mark.parametrize("refine", [True, False], ids=["textrefiner", "plain"])
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", [*METHODS, "cocoop-chunked"])
 def test_method_step_makes_no_host_sync(name, refine):
     method = _method(name, refine)
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01)
@@ -70,7 +72,7 @@ def test_method_step_makes_no_host_sync(name, refine):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", [*METHODS, "cocoop-chunked"])
 def test_method_step_under_cuda_sync_debug_mode_error(name):
     method = _method(name, True, "cuda")
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01)

@@ -94,7 +94,9 @@ class CoCoOp(PromptLearner):
     def text_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Class text embeddings conditioned on each image: (B, d) -> (B, C, d), unnormalised.
 
-        One text pass over all B*C prompts; use :meth:`logits` to bound it with ``max_prompts``.
+        One text pass over all B*C prompts; :meth:`logits` (evaluation) and
+        :meth:`textrefiner.methods.cocoop.CoCoOpMethod.train_text_features` (training, with
+        activation checkpointing) bound it with ``max_prompts``.
         """
         return self.encoder.encode(self.context(image_features)[:, None])  # (B, 1, n, w) -> (B, C, d)
 

@@ -11,6 +11,14 @@ CoCoOp's class embeddings depend on the image, so the refiner works on B*C rows:
 L_sem scores each image's k+2 aligned tokens against that image's own unrefined E[b]
 (the per-image form of docs/method.md §6); L_reg is the mean |norm(E_hat) - E| over all B*C rows.
 
+Memory: the training text pass keeps every prompt's activations for the backward pass (~41 GiB
+in fp32 at batch 32 on SUN397's base classes). When B*C exceeds ``max_prompts`` it runs in
+chunks of ``max(1, max_prompts // C)`` whole images, each under activation checkpointing: only a
+chunk's input (B_chunk, d) and output (B_chunk, C, d) are kept, and its activations are
+recomputed in the backward pass, one chunk at a time (one more text forward per step). Only the
+text pass is chunked: the refiner still reads and writes once over all B*C rows, so the step's
+results are those of one pass. At or below ``max_prompts`` the step stays one pass (fastest).
+
 Inference cost, honestly: CoCoOp already runs the text tower for every (image, class) pair, so
 the refined embeddings cannot be baked once for all images. :meth:`CoCoOpMethod.eval_logits`
 bakes them per image with the frozen cache (``refiner.bake`` on the B*C rows): a read of M
@@ -25,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..learners.cocoop import CoCoOp
 from ..losses import select_tokens
@@ -45,15 +54,17 @@ def per_image_semantic_loss(
     Returns:
         Scalar, averaged over the B*(k+2) tokens; equals docs/method.md §6's loss when every ``text[b]`` is the same.
     """
-    with torch.autocast(selected.device.type, enabled=False):  # float32 logits, as the host's
-        logits = scale * torch.einsum("bkd,bcd->bkc", selected.float(), text.float())  # (B, k+2, C)
+    dtype = torch.promote_types(torch.promote_types(selected.dtype, text.dtype), torch.float32)
+    with torch.autocast(selected.device.type, enabled=False):  # float32 logits (float64 stays float64)
+        logits = scale * torch.einsum("bkd,bcd->bkc", selected.to(dtype), text.to(dtype))  # (B, k+2, C)
         return F.cross_entropy(logits.flatten(0, 1), labels.repeat_interleave(selected.shape[1]))
 
 
 def _image_logits(scale: torch.Tensor, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """``scale * image_b . text_bc``: (B, d), (B, C, d) -> (B, C), in float32 with autocast off."""
+    """``scale * image_b . text_bc``: (B, d), (B, C, d) -> (B, C), in float32 (float64 stays) with autocast off."""
+    dtype = torch.promote_types(torch.promote_types(image.dtype, text.dtype), torch.float32)
     with torch.autocast(image.device.type, enabled=False):
-        return scale.float() * torch.einsum("bd,bcd->bc", image.float(), text.float())
+        return scale.to(dtype) * torch.einsum("bd,bcd->bc", image.to(dtype), text.to(dtype))
 
 
 class CoCoOpMethod(Method):
@@ -66,9 +77,11 @@ class CoCoOpMethod(Method):
         textrefiner: attach a TextRefiner to the vision tower; or a dict of its options.
         n_ctx: number of context tokens (set by ``ctx_init`` when given).
         ctx_init: words to initialise the context from ("a photo of a"), or None for random.
-        max_prompts: the most prompts per text pass: evaluation chunks the images to fit, a
-            training step with more than this many (B x C) prompts is refused (its activations
-            all stay alive for the backward pass: ~41 GiB in fp32 at batch 32 on SUN397's base classes).
+        max_prompts: the most prompts per text pass. Evaluation and training both split the
+            batch into chunks of ``max(1, max_prompts // C)`` whole images; in training each
+            chunk runs under activation checkpointing (see :meth:`training_step`). Chunks are
+            never smaller than one image, so when C alone exceeds ``max_prompts`` a pass holds C
+            prompts: ``max_prompts`` then bounds nothing below C.
     """
 
     def __init__(
@@ -93,18 +106,27 @@ class CoCoOpMethod(Method):
         self._prepared = False
         return self
 
+    def train_text_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The training text pass, bounded by ``max_prompts``: (B, d) -> (B, C, d), unnormalised.
+
+        At most ``max_prompts`` prompts: one pass. More: chunks of ``max(1, max_prompts // C)``
+        whole images, each under ``torch.utils.checkpoint`` (non-reentrant), so the backward pass
+        holds one chunk's activations at a time, recomputed from the chunk's (B_chunk, d) input.
+        The values and gradients are those of one pass; the cost is one more text forward. The
+        chunk count comes from shapes only (no host sync).
+        """
+        b, c = images.shape[0], self.learner.encoder.num_classes
+        if b * c <= self.learner.max_prompts:
+            return self.learner.text_features(images)  # (B, C, d), one pass
+        chunk = max(1, self.learner.max_prompts // c)  # whole images; one image even when C > max_prompts
+        parts = [checkpoint(self.learner.text_features, part, use_reentrant=False) for part in images.split(chunk)]
+        return torch.cat(parts)  # (B, C, d)
+
     def training_step(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        b, c = pixel_values.shape[0], self.learner.encoder.num_classes
-        if b * c > self.learner.max_prompts:
-            raise ValueError(
-                f"CoCoOp would train B x C = {b} x {c} = {b * c} prompts in one text pass, more than max_prompts="
-                f"{self.learner.max_prompts}; every prompt's activations are kept for the backward pass. Use a smaller "
-                f"--batch-size (CoCoOp's recipe uses 1), or raise max_prompts if the device's memory allows"
-            )
         scale = logit_scale(self.model)
         with torch.no_grad():  # frozen vision tower: the hooks still capture its tokens
             images = image_features(self.model, pixel_values)  # (B, d)
-        text = F.normalize(self.learner.text_features(images), dim=-1)  # (B, C, d), one text pass
+        text = F.normalize(self.train_text_features(images), dim=-1)  # (B, C, d), chunked past max_prompts
         image = F.normalize(images, dim=-1)
         if self.refiner is None:
             logits = _image_logits(scale, image, text)
