@@ -95,13 +95,29 @@ def test_auto_precision_is_bf16_on_a_cuda_gpu_with_bf16_else_fp32(monkeypatch):
     assert resolve_precision("auto", torch.device("cuda", 0)) == "fp32"
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+def _low_and_float32(model) -> tuple[list, list]:
+    """(frozen Linear/Conv weights and biases, every other floating parameter) of ``model``."""
+    from textrefiner._precision import MATMUL_LAYERS
+
+    low = [p for m in model.modules() if isinstance(m, MATMUL_LAYERS) for p in m.parameters(recurse=False)]
+    ids = {id(p) for p in low}
+    return low, [p for p in model.parameters() if id(p) not in ids and p.is_floating_point()]
+
+
 @pytest.mark.parametrize("name", ["coop", "cocoop", "maple", "promptkd"])
 def test_frozen_models_cast_once_and_trained_weights_stay_float32(name):
     method = _method(name, torch.float32)
     method.cast_frozen(torch.bfloat16)
-    assert all(p.dtype == torch.bfloat16 for p in method.model.parameters())
-    if name == "promptkd":
-        assert all(p.dtype == torch.bfloat16 for p in method.teacher.parameters())
+    for model in [method.model] + ([method.teacher] if name == "promptkd" else []):
+        low, rest = _low_and_float32(model)
+        assert low and all(p.dtype == torch.bfloat16 for p in low)
+        # LayerNorm, embeddings, the logit scale: autocast computes with them in float32
+        assert rest and all(p.dtype == torch.float32 for p in rest)
+        assert model.logit_scale.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in method.parameters() if p.requires_grad)
     assert method.refiner.cache.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -109,3 +125,93 @@ def test_frozen_models_cast_once_and_trained_weights_stay_float32(name):
     out.loss.backward()
     assert torch.isfinite(out.loss) and out.logits.dtype == torch.float32
     method.refiner.check_writes()
+    method.cast_frozen(torch.float32)  # undone: all float32 again
+    assert all(p.dtype == torch.float32 for p in method.model.parameters())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["coop", "cocoop", "maple", "promptkd"])
+def test_cast_once_is_bit_identical_to_autocasts_cast_at_every_use(name, dtype, device):
+    """Casting the frozen matmul weights once changes speed, never a bit: the same two training steps."""
+    def seeded():
+        torch.manual_seed(0)
+        return _method(name, torch.float32).to(device)
+
+    plain, cast = seeded(), seeded()
+    cast.cast_frozen(dtype)
+    assert all(p.dtype == dtype for p in _low_and_float32(cast.model)[0])
+    x, y = torch.randn(2, 3, 32, 32, device=device), torch.tensor([0, 1], device=device)
+    for _ in range(2):  # the second step reads the cache the first wrote
+        outs = []
+        for method in (plain, cast):
+            with torch.autocast(device, dtype=dtype):
+                out = method(x, y)
+            out.loss.backward()
+            outs.append(out)
+        assert torch.equal(outs[0].loss, outs[1].loss) and torch.equal(outs[0].logits, outs[1].logits)
+        assert all(torch.equal(a, b) for a, b in zip(outs[0].parts.values(), outs[1].parts.values()))
+    for (key, a), b in zip(plain.named_parameters(), cast.parameters()):
+        if a.requires_grad:
+            assert a.dtype == b.dtype == torch.float32 and torch.equal(a.grad, b.grad), key
+    for (key, a), b in zip(plain.named_buffers(), cast.buffers()):
+        assert torch.equal(a, b), key  # the cache, BatchNorm statistics
+
+
+@pytest.mark.parametrize("family", ["CLIPModel", "AltCLIPModel", "SiglipModel", "Siglip2Model"])
+def test_cast_once_is_bit_identical_for_other_families(family):
+    """The towers of other families too: features, local tokens and CLS attention, to the bit."""
+    from _families import build, image_features, image_inputs
+
+    from textrefiner import attach
+    from textrefiner._precision import store_frozen
+
+    results = []
+    for cast in (False, True):
+        model = build(family)
+        refiner = attach(model).train()
+        if cast:
+            store_frozen(model, torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            features = image_features(model, image_inputs(model))
+        results.append((features, refiner.local_tokens, refiner.cls_attention))
+        refiner.detach()
+    for a, b in zip(*results):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_the_users_model_is_left_as_given():
+    """The Python API never casts: only ``textrefiner train`` (on the model it loads itself) or an explicit call does."""
+    model = tiny_clip()
+    before = {k: v.dtype for k, v in model.state_dict().items()}
+    method = build_method("coop", model, tiny_tokenizer(), CLASSES).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        method(torch.randn(2, 3, 32, 32), torch.tensor([0, 1])).loss.backward()
+    assert {k: v.dtype for k, v in model.state_dict().items()} == before
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+def test_a_run_stores_its_own_model_for_its_precision(tiny_clip_dir, tmp_path, precision):
+    """``textrefiner train``/``eval`` build the model they load in float32 with the matmul weights in the
+    autocast dtype, on the CPU too (the same path a GPU takes), whatever dtype the checkpoint was saved in."""
+    import shutil
+
+    from transformers import AutoModel
+
+    from textrefiner import engine
+
+    half_dir = tmp_path / "saved-in-fp16"  # transformers loads a checkpoint in the dtype it was saved in
+    shutil.copytree(tiny_clip_dir, half_dir)
+    AutoModel.from_pretrained(tiny_clip_dir).half().save_pretrained(half_dir)
+    assert next(AutoModel.from_pretrained(half_dir).parameters()).dtype == torch.float16
+    want = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    for model_dir in (tiny_clip_dir, half_dir):
+        cfg = engine.RunConfig(dataset="eurosat", root="r", output_dir="o", model=str(model_dir), precision=precision)
+        method, _ = engine._build(cfg, torch.device("cpu"), CLASSES)
+        low, rest = _low_and_float32(method.model)
+        assert all(p.dtype == want for p in low) and all(p.dtype == torch.float32 for p in rest)
+        assert all(p.dtype == torch.float32 for p in method.parameters() if p.requires_grad)
+        method.detach()
+    as_loaded, _ = engine._build(cfg, torch.device("cpu"), CLASSES, cast=False)  # textrefiner inspect: no autocast
+    assert all(p.dtype == torch.float16 for p in as_loaded.model.parameters())
+    as_loaded.detach()

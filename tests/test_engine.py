@@ -273,6 +273,11 @@ def test_mixed_precision_runs_keep_a_float32_cache(tiny_clip_dir, fake_data_root
     assert refiner.cache.dtype == torch.float32 and torch.isfinite(refiner.cache).all()
     torch.testing.assert_close(refiner.cache.norm(dim=1), torch.ones(25), atol=1e-5, rtol=0)
     assert 0 <= results["hm"] <= 100
+    # the trained state is saved in float32 (the frozen towers, stored in the low dtype, are not saved)
+    saved = load_file(tmp_path / precision / "method.safetensors").values()
+    assert all(v.dtype == torch.float32 for v in saved if v.is_floating_point())
+    # and `eval` rebuilds the run the same way and scores what training scored
+    assert engine.evaluate_run(RunConfig.load(tmp_path / precision)) == results
 
 
 @pytest.mark.slow

@@ -397,7 +397,15 @@ def _rank0_state(method: Method, ddp: _Dist):
                 value.copy_(own[key])
 
 
-def _build(cfg: RunConfig, device: torch.device, classnames: list[str]) -> tuple[Method, Any]:
+def _build(cfg: RunConfig, device: torch.device, classnames: list[str], *, cast: bool = True) -> tuple[Method, Any]:
+    """The run's method on ``device``, its frozen towers stored for the run's precision (``cast``).
+
+    The engine loads its own model, so it may store it as the step computes: float32 (whatever
+    dtype the checkpoint was saved in), with the Linear/Conv weights in bf16/fp16 under those
+    precisions, on any device (bit-identical to autocast's cast at every use, see
+    ``_precision.py``). ``cast=False`` keeps the model as loaded, for callers that run the
+    method without autocast.
+    """
     model, tokenizer, processor = load_pretrained(cfg.model)
     model.to(device)
     seed_everything(cfg.seed)  # the learner's initialisation depends on the seed alone
@@ -410,9 +418,8 @@ def _build(cfg: RunConfig, device: torch.device, classnames: list[str]) -> tuple
         cfg.method, model, tokenizer, classnames, textrefiner=(cfg.refiner_options or True) if cfg.textrefiner else False, **options
     )
     method = method.to(device)
-    half = PRECISIONS[resolve_precision(cfg.precision, device)]
-    if device.type == "cuda" and half is not None:  # autocast would re-cast every frozen weight at every use
-        method.cast_frozen(half)
+    if cast:  # autocast would re-cast every frozen weight at every use
+        method.cast_frozen(PRECISIONS[resolve_precision(cfg.precision, device)] or torch.float32)
     return method, processor
 
 

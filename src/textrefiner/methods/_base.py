@@ -88,13 +88,19 @@ class Method(nn.Module):
         return self
 
     def cast_frozen(self, dtype: torch.dtype) -> None:
-        """Cast the frozen host model(s) to ``dtype`` once (for bf16/fp16 autocast on a GPU).
+        """Cast the frozen host model(s)' Linear/Conv weights to ``dtype`` once, for ``torch.autocast(dtype=dtype)``.
 
         Under autocast every matmul would otherwise re-cast its float32 frozen weight at every
-        use. The trained weights (prompts, projections, the refiner) stay float32, and so do
-        the cache write, the CLS-attention scores, the logits and the losses.
+        use; cast once, the step is bit-identical to autocast over float32 weights. Everything
+        else of the frozen model is kept (or brought back to) float32; the trained weights
+        (prompts, projections, the refiner) are not touched and stay float32, and so do the
+        cache write, the CLS-attention scores, the logits and the losses. ``textrefiner train``
+        calls it on the model it loads itself; afterwards run the method under autocast of
+        that dtype (or call ``cast_frozen(torch.float32)`` to undo it).
         """
-        self.model.to(dtype)
+        from .._precision import store_frozen
+
+        store_frozen(self.model, dtype)
 
     def attach_refiner(self, textrefiner: bool | dict[str, Any], **defaults: Any) -> None:
         """Attach a TextRefiner to the host's vision tower when asked (a dict: options over ``defaults``)."""

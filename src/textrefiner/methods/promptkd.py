@@ -113,9 +113,11 @@ class PromptKDMethod(Method):
         return self
 
     def cast_frozen(self, dtype: torch.dtype) -> None:
-        """Cast the frozen student and teacher to ``dtype`` once (the teacher's text features stay float32)."""
+        """Cast the frozen student's and teacher's Linear/Conv weights to ``dtype`` once (the teacher's text features stay float32)."""
+        from .._precision import store_frozen
+
         super().cast_frozen(dtype)
-        self.teacher.to(dtype)
+        store_frozen(self.teacher, dtype)
 
     def detach(self) -> None:
         """Remove the refiner's hooks and the student's vision prompts from the host model."""

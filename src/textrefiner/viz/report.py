@@ -46,7 +46,7 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu", root: str | Non
     cfg = RunConfig.load(run_dir)
     cfg = dataclasses.replace(cfg, output_dir=str(run_dir), root=root or cfg.root, device=device, progress=False)
     dev = resolve_device(device)
-    method, processor = _build(cfg, dev, _training_classnames(cfg))
+    method, processor = _build(cfg, dev, _training_classnames(cfg), cast=False)  # run without autocast here
     weights, _ = _saved_weights(cfg)  # the weights the run tests: its selected epoch's (best-val or last)
     load_state(method, {k: v.to(dev) for k, v in weights.items()}, source=str(run_dir))
     return cfg, method.eval(), processor
