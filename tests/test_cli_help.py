@@ -85,12 +85,14 @@ def test_bare_command_prints_usage_and_runs_nothing(monkeypatch, capsys):
 
 
 def test_parser_names_match_the_registries():
-    from textrefiner._names import METHOD_NAMES, PRECISION_NAMES
-    from textrefiner.engine import PRECISIONS
+    from textrefiner._names import AUGMENT_NAMES, METHOD_NAMES, PRECISION_NAMES
+    from textrefiner.data.decoded import AUGMENT_ON as DATASET_AUGMENT_ON
+    from textrefiner.engine import AUGMENT_ON, PRECISIONS
     from textrefiner.methods import METHODS
 
     assert METHOD_NAMES == tuple(sorted(METHODS))
     assert PRECISION_NAMES == tuple(sorted(PRECISIONS))
+    assert AUGMENT_NAMES == AUGMENT_ON == tuple(sorted((*DATASET_AUGMENT_ON, "auto")))
 
 
 def test_unknown_choice_is_a_usage_error(capsys):

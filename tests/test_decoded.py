@@ -88,3 +88,103 @@ def test_batches_equal_the_per_file_pil_path_bit_for_bit(train_items):
 def test_only_train_transforms_are_accepted(train_items):
     with pytest.raises(TypeError, match="expected a TrainTransform"):
         DecodedImageDataset(train_items, transforms_from_processor(_processor(), train=False), seed=1)
+
+
+# ---------------------------------------------------------------- augmenting on the device
+@pytest.fixture(scope="module")
+def mixed_items(tmp_path_factory):
+    """Images of several sizes and shapes, so crops take both of Pillow's pass orders."""
+    from PIL import Image
+
+    from textrefiner.data import Item
+
+    root = tmp_path_factory.mktemp("mixed")
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i, (w, h) in enumerate([(90, 60), (40, 120), (64, 64), (150, 37), (33, 33), (75, 110)] * 2):
+        pixels = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g)
+        path = root / f"{i}.png"
+        Image.frombytes("RGB", (w, h), pixels.numpy().tobytes()).save(path)
+        items.append(Item(impath=str(path), label=i % 3, classname=f"c{i % 3}"))
+    return items
+
+
+def _processor_with(resample: int):
+    import transformers
+
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    return cls(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24}, resample=resample)
+
+
+@pytest.mark.parametrize("resample", [3, 2, 4], ids=["bicubic", "bilinear", "box"])
+def test_device_augmentation_equals_the_pil_path_bit_for_bit(mixed_items, resample):
+    from textrefiner.data import resample as resample_module
+
+    transform = transforms_from_processor(_processor_with(resample), train=True)
+    device = DecodedImageDataset(mixed_items, transform, seed=3, augment_on="device")
+    pil = ImageDataset(mixed_items, transform, seed=3)
+    orders = set()
+    for epoch in (0, 1, 2):
+        device.set_epoch(epoch)
+        pil.set_epoch(epoch)
+        crops, labels = device.collate([device[i] for i in range(len(mixed_items))])
+        orders |= {g.horizontal_first for g in crops.groups}
+        assert torch.equal(device.batch_transform(crops), torch.stack([pil[i][0] for i in range(len(mixed_items))]))
+        assert labels.tolist() == [item.label for item in mixed_items]
+        assert crops.flip.any() and not crops.flip.all()  # both branches of the flip ran
+    assert orders == ({True, False} if resample_module.pass_order() == "shrink" else {True})
+
+
+def test_device_batches_do_not_depend_on_workers_or_chunking(mixed_items, monkeypatch):
+    ds = DecodedImageDataset(mixed_items, transforms_from_processor(_processor(), train=True), seed=5, augment_on="device")
+    ds.set_epoch(1)
+
+    def batches(workers):
+        loader = DataLoader(ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0), num_workers=workers, collate_fn=ds.collate_fn)
+        return [ds.batch_transform(crops.to("cpu")) for crops, _ in loader]
+
+    whole = batches(0)
+    assert all(len(whole) == 3 and x.shape == (4, 3, 24, 24) for x in whole)
+    for x0, x2 in zip(whole, batches(2), strict=True):
+        assert torch.equal(x0, x2)
+    monkeypatch.setattr(decoded_module, "CHUNK_BYTES", 1)  # every crop resized in its own product
+    crops, _ = ds.collate([ds[i] for i in range(4)])
+    assert len(crops.groups) == 4 and all(g.rows.numel() == 1 for g in crops.groups)
+    ref = DecodedImageDataset(mixed_items, ds.transform, seed=5)
+    ref.set_epoch(1)
+    assert torch.equal(ds.batch_transform(crops), ref.batch_transform(torch.stack([ref[i][0] for i in range(4)])))
+
+
+def test_device_batch_transform_makes_no_host_sync(mixed_items):
+    from _syncs import SyncCounter
+
+    ds = DecodedImageDataset(mixed_items, transforms_from_processor(_processor(), train=True), seed=5, augment_on="device")
+    crops, _ = ds.collate([ds[i] for i in range(len(ds))])
+    ds.batch_transform(crops)  # first call: the normalisation constants are made for the device
+    with SyncCounter() as syncs:
+        ds.batch_transform(crops)
+    assert syncs.total == 0, dict(syncs.where)
+
+
+def test_device_augmentation_refuses_what_it_cannot_reproduce(mixed_items):
+    with pytest.raises(ValueError, match="lanczos.*bicubic.*augment in the workers"):
+        DecodedImageDataset(mixed_items, transforms_from_processor(_processor_with(1), train=True), seed=1, augment_on="device")
+    with pytest.raises(ValueError, match="augment_on in"):
+        DecodedImageDataset(mixed_items, transforms_from_processor(_processor(), train=True), seed=1, augment_on="gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_device_augmentation_on_cuda_is_pinned_sync_free_and_equal(mixed_items):
+    ds = DecodedImageDataset(mixed_items, transforms_from_processor(_processor(), train=True), seed=5, augment_on="device")
+    crops, _ = ds.collate([ds[i] for i in range(len(ds))])
+    pinned = crops.pin_memory()
+    assert pinned.flip.is_pinned() and all(g.pixels.is_pinned() for g in pinned.groups)
+    on_gpu = pinned.to("cuda", non_blocking=True)
+    ds.batch_transform(on_gpu)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        x = ds.batch_transform(on_gpu)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(x.cpu(), ds.batch_transform(crops))

@@ -338,3 +338,44 @@ def test_compile_flag_compiles_the_step_after_the_hooks_are_attached(tiny_clip_d
     a = json.loads((tmp_path / "plain" / "log.json").read_text())[0]
     b = json.loads((tmp_path / "compiled" / "log.json").read_text())[0]
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and compiled["hm"] == pytest.approx(plain["hm"])
+
+
+@pytest.mark.slow
+def test_augmenting_on_the_device_trains_the_same_run(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
+    """Crops resized by the workers (Pillow) or by matrix products where the batch lands: the same run."""
+    from textrefiner.data import decoded
+
+    resized = []
+    real = decoded._resize_and_flip
+    monkeypatch.setattr(decoded, "_resize_and_flip", lambda batch: (resized.append(len(batch)), real(batch))[1])
+    runs = {}
+    for where in ("workers", "device"):
+        cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / where, augment_on=where, num_workers=0)
+        engine.train(cfg)
+        runs[where] = (load_file(str(tmp_path / where / "method.safetensors")), json.loads((tmp_path / where / "log.json").read_text()))
+    (a, log_a), (b, log_b) = runs["workers"], runs["device"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+    assert json.loads((tmp_path / "device" / "run_config.json").read_text())["augment_on"] == "device"
+    assert resized and set(resized) == {4}  # the device run resized its batches of 4 itself (the workers run did not)
+
+
+def test_augment_on_auto_picks_the_device_only_on_a_gpu_that_reproduces_the_filter():
+    from PIL import Image
+
+    from textrefiner.data.transforms import TrainTransform, _Normalise
+
+    def transform(resample):
+        return TrainTransform((24, 24), resample, _Normalise(1 / 255, None, None))
+
+    bicubic, lanczos = transform(Image.Resampling.BICUBIC), transform(Image.Resampling.LANCZOS)
+    assert engine._augment_on("auto", torch.device("cuda"), bicubic) == "device"
+    assert engine._augment_on("auto", torch.device("cpu"), bicubic) == "workers"  # Pillow in workers beats CPU matmuls
+    assert engine._augment_on("auto", torch.device("cuda"), lanczos) == "workers"
+    assert engine._augment_on("device", torch.device("cpu"), bicubic) == "device"
+
+
+def test_augment_on_errors_are_clear(tiny_clip_dir, fake_data_root, tmp_path, capsys):
+    assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "a", "--augment-on", "device", "--no-decode-once")) == 2
+    assert "augmenting on the device works on decoded-once images" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()

@@ -1,8 +1,9 @@
 """Names the command line needs before anything heavy is imported (``--help`` loads no torch).
 
-The registries they mirror live next to the code (``engine.PRECISIONS``, ``methods.METHODS``);
+The registries they mirror live next to the code (``engine.PRECISIONS``, ``engine.AUGMENT_ON``, ``methods.METHODS``);
 ``tests/test_cli_help.py`` checks that the two agree.
 """
 
 METHOD_NAMES = ("cocoop", "coop", "maple", "promptkd")  # sorted keys of textrefiner.methods.METHODS
 PRECISION_NAMES = ("auto", "bf16", "fp16", "fp32")  # sorted keys of textrefiner.engine.PRECISIONS
+AUGMENT_NAMES = ("auto", "device", "workers")  # textrefiner.engine.AUGMENT_ON

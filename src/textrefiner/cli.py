@@ -42,7 +42,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     # the names come from a torch-free module so that `--help` stays fast
-    from ._names import METHOD_NAMES, PRECISION_NAMES
+    from ._names import AUGMENT_NAMES, METHOD_NAMES, PRECISION_NAMES
 
     p.add_argument(
         "--recipe", default=None, metavar="NAME",
@@ -83,6 +83,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=None, help="data-loading worker processes (0: load in the main process; default: the CPUs available less one, at most 16)")
     p.add_argument("--decode-once", action=argparse.BooleanOptionalAction, default=True, help="decode training images once into memory and augment them with tensor ops (default: on)")
     p.add_argument("--max-image-side", type=int, default=None, help="with --decode-once: cap the kept images' long side in pixels (default: original size)")
+    p.add_argument(
+        "--augment-on", default="auto", choices=AUGMENT_NAMES,
+        help="with --decode-once: resize the random crops in the loader workers (Pillow) or on the training device "
+        "(batched matrix products, the same pixels); auto: the device on a CUDA GPU, else the workers",
+    )
     p.add_argument("--eval-datasets", nargs="*", default=[], help="cross-dataset / domain-generalisation targets, tested after training on all classes (--subsample all) (default: none)")
     p.add_argument("--n-ctx", type=int, default=None, help="context tokens (default: from --ctx-init, else 4)")
     p.add_argument("--ctx-init", default="a photo of a", help='context initialisation words; "" for random')
@@ -151,7 +156,7 @@ def _run_config(args: argparse.Namespace):
         method_options=method_options, refiner_options=refiner, teacher=args.teacher, progress=not args.no_progress,
         unlabeled=args.unlabeled, unlabeled_root=args.unlabeled_root, select=args.select, val_split=args.val_split,
         log_every=args.log_every, compile=args.compile, decode_once=args.decode_once, max_image_side=args.max_image_side,
-        kd_weight=args.kd_weight, strict_shots=args.strict_shots,
+        augment_on=args.augment_on, kd_weight=args.kd_weight, strict_shots=args.strict_shots,
     )
     if args.recipe is not None:
         from .recipes import apply_recipe

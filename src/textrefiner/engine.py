@@ -36,6 +36,7 @@ from .methods import METHODS, build_method
 from .methods._base import Method
 
 PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # auto: see resolve_precision
+AUGMENT_ON = ("auto", "device", "workers")  # where decoded-once crops are resized (_augment_on; data/decoded.py)
 SELECTS = ("best-val", "last")  # model selection: the epoch with the best val accuracy, or the last one
 VAL_SPLITS = ("val", "test")
 RUN_CONFIG = "run_config.json"
@@ -70,6 +71,9 @@ class RunConfig:
     num_workers: int | None = None  # data-loading processes; None: from the machine (default_num_workers)
     decode_once: bool = True  # decode training images once into memory, augment with tensor ops
     max_image_side: int | None = None  # with decode_once: cap the kept images' long side (None: original size)
+    # with decode_once: where crops are resized: in the loader workers (Pillow) or on the training
+    # device as batched matrix products (the same pixels); auto: the device when it is a CUDA GPU
+    augment_on: str = "auto"
     eval_batch_size: int = 100
     eval_datasets: list[str] = field(default_factory=list)  # cross-dataset / domain targets
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. n_ctx, ctx_init
@@ -104,6 +108,10 @@ class RunConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` should be positive, got {getattr(self, name)}")
+        if self.augment_on not in AUGMENT_ON:
+            raise ValueError(f"`augment_on` should be one of {', '.join(AUGMENT_ON)}, got {self.augment_on!r}")
+        if self.augment_on == "device" and not self.decode_once:
+            raise ValueError("augmenting on the device works on decoded-once images: drop --no-decode-once or use --augment-on workers")
         if self.max_image_side is not None and self.max_image_side < 1:
             raise ValueError(f"`max_image_side` should be positive (or not given: original size), got {self.max_image_side}")
         for name in ("warmup_epochs", "num_workers"):  # num_workers None: from the machine
@@ -337,11 +345,21 @@ def _loader(dataset, cfg: RunConfig, *, train: bool, epoch: int = 0, ddp: _Dist 
     return DataLoader(
         dataset,
         batch_sampler=batches,
+        collate_fn=getattr(dataset, "collate_fn", None),  # decoded-once data on the device: crops, not images
         generator=torch.Generator().manual_seed(order_seed(cfg.seed, epoch)),  # worker seeds; augmentations use (seed, epoch, index)
         num_workers=workers,
         pin_memory=pin,
         persistent_workers=False,
     )
+
+
+def _augment_on(choice: str, device: torch.device, transform) -> str:
+    """Where crops are resized: ``auto`` is the device on a CUDA GPU when it reproduces the filter."""
+    from .data import resample
+
+    if choice != "auto":
+        return choice
+    return "device" if device.type == "cuda" and resample.supported(transform.resample) is None else "workers"
 
 
 def _autocast(device: torch.device, precision: str):
@@ -451,7 +469,7 @@ def _epoch(method, ddp_method, loader, optimizer, scaler, cfg: RunConfig, device
     step = 0
     for step, (pixel_values, labels) in enumerate(bar, 1):
         pixel_values = pixel_values.to(device, non_blocking=non_blocking)
-        if batch_transform is not None:  # decoded-once data: uint8 batches, normalised where they land
+        if batch_transform is not None:  # decoded-once data: uint8 images or crops, finished where they land
             pixel_values = batch_transform(pixel_values)
         labels = labels.to(device, non_blocking=non_blocking)
         with _autocast(device, cfg.precision):
@@ -636,8 +654,9 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
 
     method, processor = _build(cfg, device, classnames)
     train_transform = transforms_from_processor(processor, train=True)
-    if cfg.decode_once:  # decoded once into memory; crop/flip as tensor ops, normalisation on the device
-        train_set = DecodedImageDataset(items, train_transform, seed=cfg.seed, max_side=cfg.max_image_side)
+    if cfg.decode_once:  # decoded once into memory; resize/flip/normalise in the workers or on the device
+        augment_on = _augment_on(cfg.augment_on, device, train_transform)
+        train_set = DecodedImageDataset(items, train_transform, seed=cfg.seed, max_side=cfg.max_image_side, augment_on=augment_on)
     else:
         train_set = ImageDataset(items, train_transform, seed=cfg.seed)
     val_set = val_classnames = None
@@ -738,6 +757,7 @@ NOT_TRAINING = frozenset({
     "eval_datasets",  # evaluation only
     "log_every",  # when losses are read for the log, not what is trained
     "compile",  # torch.compile runs the same step
+    "augment_on",  # the workers and the device make the same pixels
 })
 
 

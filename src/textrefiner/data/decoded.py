@@ -1,31 +1,42 @@
-"""Training images decoded once, augmented from memory, normalised per batch on the device.
+"""Training images decoded once, augmented from memory, finished per batch on the device.
 
-Legend: B images, h x w the output size.
+Legend: B images, h x w the output size, H x W a batch's largest crop.
 
 Few-shot training sets are small (16 shots x C classes), so each image is decoded once, kept in
 memory at its original resolution (or its long side capped at ``max_side`` when asked), and
-shared by every epoch and, through ``fork``, by every loader worker. A sample is then only
-    crop + resize + flip of the decoded pixels    # TrainTransform.augment: the same draws and
-                                                  # the same filter as the per-file PIL path
-and the loader yields uint8 batches (B, 3, h, w): 4x less to pin and copy than float32. The
-rescale and ``(x - mean) / std`` run on the whole batch where it lands (the GPU when there is
-one) via :meth:`DecodedImageDataset.batch_transform`, with the same arithmetic as
-``TrainTransform``'s, so a batch equals the PIL path's bit for bit. Random numbers come from a
-generator seeded with ``(seed, epoch, index)``: the augmentation of every image is a pure
-function of those three, whatever the worker count, batch order or resume.
+shared by every epoch and, through ``fork``, by every loader worker. Two ways to augment:
+
+* ``augment_on="workers"``: a sample is crop + resize + flip with Pillow in the loader workers
+  (``TrainTransform.augment``: the draws and the filter of the per-file PIL path); the loader
+  yields uint8 batches (B, 3, h, w) and :meth:`DecodedImageDataset.batch_transform` rescales
+  and normalises them where they land.
+* ``augment_on="device"``: a worker only draws the crop and flip and cuts the crop out of the
+  kept pixels; the loader yields a :class:`CropBatch` (the crops padded to (B, 3, H, W) uint8,
+  each crop's resampling weights, the flips) and ``batch_transform`` resizes the whole batch
+  with two matrix products on the device (``resample.py``: Pillow's arithmetic, bit for bit),
+  flips and normalises it. Workers then do almost nothing, so a GPU needs few of them.
+
+Both give the PIL path's batches bit for bit. Random numbers come from a generator seeded with
+``(seed, epoch, index)``: the augmentation of every image is a pure function of those three,
+whatever the worker count, batch order, device or resume.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
+from . import resample
 from .image_dataset import sample_seed
 from .item import Item
-from .transforms import TrainTransform, load_image
+from .transforms import TrainTransform, _pil_to_uint8, load_image
+
+AUGMENT_ON = ("workers", "device")
+CHUNK_BYTES = 1 << 29  # float64 pixels resized in one product: 512 MiB (one image always fits in a chunk)
 
 
 def decode(path: str, max_side: int | None = None) -> Image.Image:
@@ -37,6 +48,46 @@ def decode(path: str, max_side: int | None = None) -> Image.Image:
     return image
 
 
+@dataclass(frozen=True)
+class CropGroup:
+    """Crops resized in one product: same pass order, padded to the group's largest crop."""
+
+    rows: torch.Tensor  # (n,) int64: the crops' places in the batch
+    pixels: torch.Tensor  # (n, 3, H, W) uint8, each crop in the top-left corner, zeros around
+    height_weights: torch.Tensor  # (n, h, Ky) float64, resample.coefficients of the crops' heights
+    height_start: torch.Tensor  # (n, h) int64
+    width_weights: torch.Tensor  # (n, w, Kx) float64
+    width_start: torch.Tensor  # (n, w) int64
+    horizontal_first: bool
+
+
+@dataclass(frozen=True)
+class CropBatch:
+    """What a loader yields with ``augment_on="device"``: crops still to resize, flip and normalise.
+
+    ``pin_memory()`` and ``to(device, non_blocking=...)`` work as on a tensor, so a loader pins it
+    and a training loop moves it like ``pixel_values``; :meth:`DecodedImageDataset.batch_transform`
+    turns it into the (B, 3, h, w) float32 batch.
+    """
+
+    groups: tuple[CropGroup, ...]
+    flip: torch.Tensor  # (B,) bool
+    size: tuple[int, int]  # (h, w)
+
+    def _map(self, fn) -> CropBatch:
+        groups = tuple(replace(g, **{f.name: fn(getattr(g, f.name)) for f in fields(g) if f.name != "horizontal_first"}) for g in self.groups)
+        return replace(self, groups=groups, flip=fn(self.flip))
+
+    def pin_memory(self) -> CropBatch:
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> CropBatch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def __len__(self) -> int:
+        return self.flip.shape[0]
+
+
 class DecodedImageDataset(Dataset):
     """Training images decoded once; ``(uint8 (3, h, w) image, label)`` per sample.
 
@@ -46,20 +97,34 @@ class DecodedImageDataset(Dataset):
             probability and normalisation are used (``transforms_from_processor(processor, train=True)``).
         seed: seeds each sample's generator with ``(seed, epoch, index)``.
         max_side: cap the decoded images' long side (memory), or None for the original resolution.
+        augment_on: ``"workers"`` (Pillow resizes each sample in the loader) or ``"device"``
+            (the loader cuts crops; ``batch_transform`` resizes the batch where it lands; use
+            ``collate_fn`` as the loader's). Both give the same pixels.
 
     Raises:
         TypeError: ``transform`` is not a TrainTransform.
+        ValueError: ``augment_on`` is unknown, or ``"device"`` with a filter it cannot reproduce.
         FileNotFoundError, ValueError: an image is missing or unreadable (named), at construction.
     """
 
-    def __init__(self, items: Sequence[Item], transform: TrainTransform, *, seed: int, max_side: int | None = None) -> None:
+    def __init__(
+        self, items: Sequence[Item], transform: TrainTransform, *, seed: int, max_side: int | None = None, augment_on: str = "workers"
+    ) -> None:
         if not isinstance(transform, TrainTransform):
             raise TypeError(f"expected a TrainTransform, got {type(transform).__name__}")
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"expected augment_on in {AUGMENT_ON}, got {augment_on!r}")
+        if augment_on == "device" and (reason := resample.supported(transform.resample)) is not None:
+            raise ValueError(f"cannot augment on the device: {reason}; augment in the workers instead")
         self.items = list(items)
         self.transform = transform
         self.seed = int(seed)
         self.epoch = 0
+        self.augment_on = augment_on
         self.images = [decode(item.impath, max_side) for item in self.items]  # decoded once, shared
+        if augment_on == "device":  # (3, H, W) uint8: crops are slices
+            self.images = [_pil_to_uint8(image).contiguous() for image in self.images]
+        self.collate_fn = self.collate if augment_on == "device" else default_collate
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # mean, std per device
 
     def set_epoch(self, epoch: int) -> None:
@@ -69,12 +134,43 @@ class DecodedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int):
+        """``(uint8 (3, h, w), label)``; with ``augment_on="device"``: ``(crop (3, ch, cw), flip, label)``."""
         generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
-        return self.transform.augment(self.images[index], generator), self.items[index].label  # (3, h, w) uint8
+        label = self.items[index].label
+        if self.augment_on == "workers":
+            return self.transform.augment(self.images[index], generator), label
+        image = self.images[index]
+        top, left, h, w = self.transform.crop_box(image.shape[2], image.shape[1], generator)  # the draws of augment()
+        flip = torch.rand(1, generator=generator).item() < self.transform.flip_p
+        return image[:, top : top + h, left : left + w], flip, label
 
-    def batch_transform(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, h, w) uint8 -> float32, rescaled and normalised on ``x``'s device, as TrainTransform does."""
+    def collate(self, samples: list[tuple[torch.Tensor, bool, int]]) -> tuple[CropBatch, torch.Tensor]:
+        """Device-augmentation samples -> ``(CropBatch, labels (B,))``: crops padded per group,
+        grouped by Pillow's pass order, split so no group's float64 pixels pass ``CHUNK_BYTES``."""
+        crops, flips, labels = zip(*samples)
+        out_h, out_w = self.transform.size
+        order = [resample.horizontal_first(tuple(c.shape[1:]), (out_h, out_w)) for c in crops]
+        groups = []
+        for first in (True, False):
+            members = [i for i in range(len(crops)) if order[i] == first]
+            for chunk in _chunks(members, [tuple(c.shape[1:]) for c in crops]):
+                sizes = torch.tensor([crops[i].shape[1:] for i in chunk])  # (n, 2)
+                pixels = torch.zeros((len(chunk), 3, *sizes.max(0).values.tolist()), dtype=torch.uint8)
+                for k, i in enumerate(chunk):
+                    pixels[k, :, : crops[i].shape[1], : crops[i].shape[2]] = crops[i]
+                height = resample.coefficients(sizes[:, 0], out_h, self.transform.resample)
+                width = resample.coefficients(sizes[:, 1], out_w, self.transform.resample)
+                groups.append(CropGroup(torch.tensor(chunk), pixels, *height, *width, first))
+        return CropBatch(tuple(groups), torch.tensor(flips), (out_h, out_w)), torch.tensor(labels)
+
+    def batch_transform(self, x: torch.Tensor | CropBatch) -> torch.Tensor:
+        """A batch where it landed -> (B, 3, h, w) float32, rescaled and normalised as TrainTransform does.
+
+        ``x`` is a (B, 3, h, w) uint8 batch, or a :class:`CropBatch`, resized and flipped first.
+        """
+        if isinstance(x, CropBatch):
+            x = _resize_and_flip(x)
         n = self.transform.normalise
         x = (x.double() * n.rescale_factor).float() if n.rescale_factor is not None else x.float()  # the same rounding
         if n.mean is not None:
@@ -83,3 +179,25 @@ class DecodedImageDataset(Dataset):
             mean, std = self._stats[x.device]
             x = (x - mean) / std
         return x
+
+
+def _chunks(members: list[int], sizes: list[tuple[int, int]]) -> list[list[int]]:
+    """Split ``members`` (in order) so each part's padded float64 pixels stay under CHUNK_BYTES."""
+    parts, part, h, w = [], [], 0, 0
+    for i in members:
+        nh, nw = max(h, sizes[i][0]), max(w, sizes[i][1])
+        if part and (len(part) + 1) * 3 * nh * nw * 8 > CHUNK_BYTES:
+            parts.append(part)
+            part, nh, nw = [], sizes[i][0], sizes[i][1]
+        part.append(i)
+        h, w = nh, nw
+    return parts + [part] if part else parts
+
+
+def _resize_and_flip(batch: CropBatch) -> torch.Tensor:
+    """(B, 3, h, w) float64 of Pillow's 8-bit values: every group resized, put back in place, flipped."""
+    device = batch.flip.device
+    out = torch.empty((len(batch), 3, *batch.size), dtype=torch.float64, device=device)
+    for g in batch.groups:  # one or two groups (Pillow's two pass orders), more only for huge crops
+        out[g.rows] = resample.resize(g.pixels, (g.height_weights, g.height_start), (g.width_weights, g.width_start), g.horizontal_first)
+    return torch.where(batch.flip.view(-1, 1, 1, 1), out.flip(-1), out)  # flipped after the resize, as the PIL path does
