@@ -215,3 +215,99 @@ def test_a_run_stores_its_own_model_for_its_precision(tiny_clip_dir, tmp_path, p
     as_loaded, _ = engine._build(cfg, torch.device("cpu"), CLASSES, cast=False)  # textrefiner inspect: no autocast
     assert all(p.dtype == torch.float16 for p in as_loaded.model.parameters())
     as_loaded.detach()
+
+
+# ---------------------------------------------------------------- --precision tf32
+@pytest.fixture
+def matmul_switches():
+    """The process-global TF32 switches as the test found them, put back whatever the test does."""
+    matmul, conv = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    yield matmul, conv
+    torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = matmul, conv
+
+
+def test_tf32_matmuls_turn_tf32_on_and_restore_the_switches(matmul_switches):
+    from textrefiner._precision import tf32_matmuls
+
+    matmul, conv = matmul_switches
+    torch.backends.cudnn.conv.fp32_precision = "ieee"  # a caller who turned TF32 convolutions off
+    with tf32_matmuls():
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32" and torch.backends.cudnn.conv.fp32_precision == "tf32"
+        # set through set_float32_matmul_precision: the legacy reader (inductor's autotuner) still works
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cuda.matmul.allow_tf32
+        with tf32_matmuls():  # nested: the outer run's setting comes back, not the default
+            pass
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    assert torch.backends.cuda.matmul.fp32_precision == matmul and torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert torch.get_float32_matmul_precision() == "highest"
+    with pytest.raises(KeyError):  # restored when the run fails too
+        with tf32_matmuls():
+            raise KeyError
+    assert torch.backends.cuda.matmul.fp32_precision == matmul and torch.backends.cudnn.conv.fp32_precision == "ieee"
+    with tf32_matmuls(enabled=False):
+        assert torch.backends.cuda.matmul.fp32_precision == matmul
+
+
+def test_tf32_matmuls_restore_a_setting_made_with_the_new_switch(matmul_switches):
+    """A caller who set ``fp32_precision`` directly (legacy reader broken) gets exactly that back."""
+    from textrefiner._precision import tf32_matmuls
+
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    with pytest.raises(RuntimeError):
+        torch.get_float32_matmul_precision()  # torch 2.13: mixed legacy/new state
+    with tf32_matmuls():
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    with tf32_matmuls():
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+
+
+def test_tf32_is_refused_off_cuda_before_anything_is_written(tiny_clip_dir, fake_data_root, tmp_path, capsys):
+    from textrefiner.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--model", str(tiny_clip_dir), "--dataset", "eurosat", "--root", str(fake_data_root), "--output-dir", str(out),
+            "--device", "cpu", "--precision", "tf32", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("textrefiner train: error: --precision tf32 needs a CUDA GPU") and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_tf32_run_is_evaluated_in_fp32_off_cuda(tiny_clip_dir, fake_data_root, tmp_path, matmul_switches):
+    """`textrefiner eval` of a run trained in tf32, on a machine without CUDA: plain float32, the same scores."""
+    import json
+
+    from textrefiner import engine
+
+    cfg = engine.RunConfig(dataset="eurosat", root=str(fake_data_root), output_dir=str(tmp_path / "run"), model=str(tiny_clip_dir),
+                           shots=2, epochs=1, batch_size=4, num_workers=0, progress=False, select="last")
+    results = engine.train(cfg)
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    (tmp_path / "run" / "run_config.json").write_text(json.dumps(saved | {"precision": "tf32"}))
+    assert engine.evaluate_run(engine.RunConfig.load(tmp_path / "run")) == results
+    assert torch.backends.cuda.matmul.fp32_precision == matmul_switches[0]
+
+
+@CUDA
+def test_a_tf32_run_trains_with_tf32_matmuls_and_restores_the_switches(tiny_clip_dir, fake_data_root, tmp_path, matmul_switches, monkeypatch):
+    import math
+
+    from textrefiner import engine
+
+    seen = []
+    original = engine._epoch
+
+    def recording(*args, **kwargs):
+        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_epoch", recording)
+    cfg = engine.RunConfig(dataset="eurosat", root=str(fake_data_root), output_dir=str(tmp_path / "run"), model=str(tiny_clip_dir),
+                           shots=2, epochs=1, batch_size=4, num_workers=0, progress=False, select="last", device="cuda", precision="tf32")
+    results = engine.train(cfg)
+    assert seen == [("tf32", "tf32")]
+    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == matmul_switches
+    assert math.isfinite(results["hm"])
+    assert engine.RunConfig.load(tmp_path / "run").precision == "tf32"

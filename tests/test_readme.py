@@ -139,7 +139,8 @@ def test_readme_states_the_default_precision():
     (precision,) = [a for a in train._actions if "--precision" in a.option_strings]
     assert precision.default == "auto" and set(precision.choices) == set(PRECISION_NAMES)
     text = " ".join(README.read_text().split())
-    assert "`--precision auto|fp32|bf16|fp16` (auto, the default:" in text
+    assert "`--precision auto|fp32|tf32|bf16|fp16` (auto, the default:" in text
+    assert all(name in text.split("`--precision ")[1].split("`")[0].split("|") for name in PRECISION_NAMES)
     assert "the default is fp32" not in text  # stale since `auto` became the default
 
 

@@ -60,21 +60,21 @@ def tf32_matmuls(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    conv = torch.backends.cudnn.conv
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    previous, previous_conv = matmul.fp32_precision, conv.fp32_precision
     try:
-        previous: tuple[str, str | None] = ("legacy", torch.get_float32_matmul_precision())
-    except RuntimeError:  # the caller already mixed the legacy and new switches: restore the new one
-        previous = ("new", torch.backends.cuda.matmul.fp32_precision)
-    previous_conv = conv.fp32_precision
+        legacy: str | None = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the caller already mixed the legacy and new switches
+        legacy = None
     torch.set_float32_matmul_precision("high")
     if previous_conv != "tf32":
         conv.fp32_precision = "tf32"
     try:
         yield
     finally:
-        if previous[0] == "legacy":
-            torch.set_float32_matmul_precision(previous[1])
-        else:
-            torch.backends.cuda.matmul.fp32_precision = previous[1]
+        if legacy is not None:  # both readers work again, as before
+            torch.set_float32_matmul_precision(legacy)
+        if matmul.fp32_precision != previous and (legacy is None or previous != "tf32"):
+            matmul.fp32_precision = previous  # e.g. "none" (inherit), which "highest" writes as "ieee"
         if conv.fp32_precision != previous_conv:
             conv.fp32_precision = previous_conv

@@ -79,7 +79,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--output-dir", required=True, help="where weights, logs, checkpoint and results.json go")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto picks CUDA when available)")
-    p.add_argument("--precision", default="auto", choices=PRECISION_NAMES, help="fp32, or bf16/fp16 autocast (fp16 with a gradient scaler); auto: bf16 on a CUDA GPU that supports it, else fp32")
+    p.add_argument("--precision", default="auto", choices=PRECISION_NAMES, help="fp32; tf32: fp32 weights, TF32 tensor-core matmuls (CUDA only); bf16/fp16: autocast, the frozen model's matmul weights stored in that dtype (fp16 with a gradient scaler); auto: bf16 on a CUDA GPU that supports it, else fp32")
     p.add_argument("--num-workers", type=int, default=None, help="data-loading worker processes (0: load in the main process; default: the CPUs available less one, at most 16)")
     p.add_argument("--decode-once", action=argparse.BooleanOptionalAction, default=True, help="decode training images once into memory and augment them with tensor ops (default: on)")
     p.add_argument("--max-image-side", type=int, default=None, help="with --decode-once: cap the kept images' long side in pixels (default: original size)")

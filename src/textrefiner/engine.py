@@ -35,7 +35,8 @@ from ._io import atomic_write_text
 from .methods import METHODS, build_method
 from .methods._base import Method
 
-PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # auto: see resolve_precision
+# name -> autocast dtype (None: no autocast); tf32: float32 with TF32 matmuls (CUDA only); auto: see resolve_precision
+PRECISIONS = {"auto": None, "fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUGMENT_ON = ("auto", "device", "workers")  # where decoded-once crops are resized (_augment_on; data/decoded.py)
 SELECTS = ("best-val", "last")  # model selection: the epoch with the best val accuracy, or the last one
 VAL_SPLITS = ("val", "test")
@@ -66,7 +67,7 @@ class RunConfig:
     weight_decay: float = 5e-4
     warmup_epochs: int = 1  # constant warm-up epochs at warmup_lr before the cosine schedule
     warmup_lr: float = 1e-5
-    precision: str = "auto"  # fp32, bf16 or fp16 (autocast); auto: bf16 on a CUDA GPU that has it, else fp32
+    precision: str = "auto"  # fp32, tf32 (CUDA), bf16 or fp16 (autocast); auto: bf16 on a CUDA GPU that has it, else fp32
     device: str = "auto"  # auto picks CUDA when available
     num_workers: int | None = None  # data-loading processes; None: from the machine (default_num_workers)
     decode_once: bool = True  # decode training images once into memory, augment with tensor ops
@@ -213,10 +214,36 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` -> ``bf16`` on a CUDA device with bf16 (the towers' matmuls at tensor-core speed; the
-    cache write, CLS-attention scores, logits and losses stay float32), else ``fp32``."""
+    cache write, CLS-attention scores, logits and losses stay float32), else ``fp32``.
+
+    GPUs without bf16 (before Ampere) have no TF32 either, so ``auto`` never picks ``tf32``.
+    """
     if name != "auto":
         return name
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def _check_tf32(precision: str, device: torch.device) -> None:
+    """``tf32`` trains only on CUDA: refused elsewhere (a CPU has no TF32 mode), warned on a GPU without it."""
+    if precision != "tf32":
+        return
+    if device.type != "cuda":
+        raise RunError(
+            f"--precision tf32 needs a CUDA GPU (TF32 is a tensor-core mode of Ampere and later GPUs), but the run is on "
+            f"{device.type}; use --precision fp32 (or bf16)"
+        )
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        warnings.warn(f"{torch.cuda.get_device_name(device)} has no TF32 tensor cores: --precision tf32 runs as fp32", stacklevel=2)
+
+
+def _precision_scope(precision: str, device: torch.device):
+    """TF32 matmuls for the length of a ``tf32`` run on CUDA (the global switches come back after); nothing otherwise.
+
+    On another device a ``tf32`` run (``textrefiner eval`` of it on a CPU) computes in plain float32.
+    """
+    from ._precision import tf32_matmuls
+
+    return tf32_matmuls(enabled=precision == "tf32" and device.type == "cuda")
 
 
 def load_pretrained(name_or_path: str) -> tuple[torch.nn.Module, Any, Any]:
@@ -606,6 +633,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         )
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))  # saved and compared resolved
+    _check_tf32(cfg.precision, device)
     if resume:
         _check_resumable(out, cfg)
     elif not overwrite and (found := _rundir.existing_outputs(out)):
@@ -624,7 +652,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     try:
         ddp.on_main(lambda: _claim(out, lock, resume=resume, overwrite=overwrite))
         checkpoint = ckpt.read_checkpoint(out / "checkpoint") if resume else None  # damaged state refused before loading
-        return _train(cfg, out, ddp, device, items, classnames, checkpoint)
+        with _precision_scope(cfg.precision, device):  # process-global TF32 switches, restored when the run ends
+            return _train(cfg, out, ddp, device, items, classnames, checkpoint)
     finally:
         lock.release()
         ddp.close()
@@ -863,7 +892,8 @@ def evaluate_run(
 
     def accuracy(name: str, subsample: str) -> float:
         split = load_dataset(name, cfg.root, shots=0, seed=cfg.seed, subsample=subsample)
-        return evaluate(method, ImageDataset(split.test, transform), split.classnames, cfg, device, desc=f"{name}/{subsample}", ddp=ddp)
+        with _precision_scope(cfg.precision, device):  # a tf32 run is tested with TF32 matmuls too (on CUDA)
+            return evaluate(method, ImageDataset(split.test, transform), split.classnames, cfg, device, desc=f"{name}/{subsample}", ddp=ddp)
 
     results: dict[str, Any] = {"method": cfg.method, "textrefiner": cfg.textrefiner, "dataset": cfg.dataset, "seed": cfg.seed, "shots": cfg.shots}
     results |= {"select": cfg.select, "selected_epoch": selected_epoch}
