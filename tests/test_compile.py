@@ -8,6 +8,7 @@ the tracing cheaply; one inductor test (a C compiler is needed) checks the gener
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 
 import pytest
@@ -101,3 +102,86 @@ def test_training_refine_compiles_with_inductor():
         for _ in range(2):
             torch.testing.assert_close(step(text, tokens), eager.refine(text, tokens), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(compiled_refiner.cache, eager.cache, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------- --compile-mode (reduce-overhead: CUDA graphs)
+def test_compile_mode_is_checked_and_needs_compile(tmp_path, capsys):
+    from textrefiner.cli import main
+    from textrefiner.engine import RunConfig
+
+    base = dict(dataset="eurosat", root="r", output_dir=str(tmp_path / "o"))
+    with pytest.raises(ValueError, match="`compile_mode` should be one of default, max-autotune, reduce-overhead, got 'fast'"):
+        RunConfig(**base, compile=True, compile_mode="fast")
+    for mode in ("default", "reduce-overhead"):  # explicit, even the default: it would do nothing without --compile
+        with pytest.raises(ValueError, match=f"--compile-mode {mode} only acts with --compile; add --compile"):
+            RunConfig(**base, compile_mode=mode)
+    assert RunConfig(**base, compile=True, compile_mode="max-autotune").compile_mode == "max-autotune"
+    args = ["train", "--dataset", "eurosat", "--root", "r", "--output-dir", str(tmp_path / "o"), "--compile-mode", "reduce-overhead"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "textrefiner train: error: --compile-mode reduce-overhead only acts with --compile" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_compile_mode_reaches_torch_compile_and_may_change_on_resume(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
+    import json
+
+    from textrefiner import engine
+
+    calls = []
+
+    def recording_compile(module, **kwargs):  # what the engine asks torch for; the step then runs eagerly (cheap)
+        calls.append((kwargs, module.refiner._capture is not None))
+        return module
+
+    monkeypatch.setattr(engine.torch, "compile", recording_compile)
+    base = dict(dataset="eurosat", root=str(fake_data_root), model=str(tiny_clip_dir), shots=2, epochs=1, batch_size=4,
+                num_workers=0, progress=False, select="last", compile=True)
+    engine.train(engine.RunConfig(**base, output_dir=str(tmp_path / "plain")))
+    engine.train(engine.RunConfig(**base, output_dir=str(tmp_path / "graphs"), compile_mode="reduce-overhead"))
+    assert calls == [({}, True), ({"mode": "reduce-overhead"}, True)]  # torch's default unless asked; hooks attached first
+    saved = json.loads((tmp_path / "graphs" / "run_config.json").read_text())
+    assert saved["compile"] is True and saved["compile_mode"] == "reduce-overhead"
+    # the same step in another mode: --resume may change it (and --compile), like --log-every
+    later = engine.RunConfig(**base, output_dir=str(tmp_path / "graphs"), compile_mode="max-autotune", precision="fp32")  # saved resolved
+    assert engine._changed_settings(saved, later) == []
+    assert engine._changed_settings(saved, dataclasses.replace(later, compile=False, compile_mode=None)) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_coop_step_in_cuda_graphs_matches_eager_and_writes_the_cache(dtype):
+    """mode="reduce-overhead": the step replays as CUDA graph trees. The cache write and the refused-write
+    counter mutate module buffers in place; buffers are static inputs there, so no graph is skipped.
+    bf16: as ``textrefiner train --precision bf16`` runs it (matmul weights cast once, autocast)."""
+    from torch._dynamo.utils import counters
+
+    def build():
+        torch.manual_seed(0)
+        method = build_method("coop", tiny_clip().cuda(), tiny_tokenizer(), ["cat", "dog", "car"]).cuda().train()
+        method.cast_frozen(dtype)
+        return method
+
+    torch._dynamo.reset()
+    counters.clear()
+    method, twin = build(), build()
+    compiled = torch.compile(twin, mode="reduce-overhead")
+    opts = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1) for m in (method, twin)]
+    start = method.refiner.cache.clone()
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    for step in range(3):  # warm-up, recording, replay; the optimiser changes the context in place between them
+        x = torch.randn(2, 3, 32, 32, device="cuda", generator=torch.Generator("cuda").manual_seed(step))
+        y = torch.tensor([step % 3, (step + 1) % 3], device="cuda")
+        losses = []
+        for module, opt in ((method, opts[0]), (compiled, opts[1])):
+            with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+                out = module(x, y)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+            losses.append(out.loss.detach().clone())
+        torch.testing.assert_close(losses[1], losses[0], **tol)
+        torch.testing.assert_close(twin.refiner.cache, method.refiner.cache, atol=tol["atol"] / 10, rtol=0)
+    assert not torch.allclose(twin.refiner.cache, start)  # the graphs did write the cache
+    assert int(twin.refiner.refused_writes) == 0
+    assert counters["inductor"]["cudagraph_skips"] == 0, "a graph fell back to plain launches (see the 'skipping cudagraphs' log)"

@@ -7,3 +7,4 @@ The registries they mirror live next to the code (``engine.PRECISIONS``, ``engin
 METHOD_NAMES = ("cocoop", "coop", "maple", "promptkd")  # sorted keys of textrefiner.methods.METHODS
 PRECISION_NAMES = ("auto", "bf16", "fp16", "fp32", "tf32")  # sorted keys of textrefiner.engine.PRECISIONS
 AUGMENT_NAMES = ("auto", "device", "workers")  # textrefiner.engine.AUGMENT_ON
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")  # torch.compile modes (reduce-overhead: CUDA graphs)

@@ -42,7 +42,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     # the names come from a torch-free module so that `--help` stays fast
-    from ._names import AUGMENT_NAMES, METHOD_NAMES, PRECISION_NAMES
+    from ._names import AUGMENT_NAMES, COMPILE_MODES, METHOD_NAMES, PRECISION_NAMES
 
     p.add_argument(
         "--recipe", default=None, metavar="NAME",
@@ -109,6 +109,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.add_argument("--log-every", type=int, default=20, help="read the losses (one host sync) once per this many steps, and at each epoch's end")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (after the refiner's hooks are attached)")
+    p.add_argument(
+        "--compile-mode", default=None, choices=COMPILE_MODES,
+        help="with --compile: torch.compile's mode; reduce-overhead replays the step as CUDA graphs (fewer kernel launches; "
+        "CUDA only, ignored by torch on CPU), max-autotune also tunes the kernels (default: torch's default mode)",
+    )
 
 
 # Options that land inside RunConfig's method_options / refiner_options, and flags named unlike their field.
@@ -155,7 +160,7 @@ def _run_config(args: argparse.Namespace):
         precision=args.precision, device=args.device, num_workers=args.num_workers, eval_datasets=args.eval_datasets,
         method_options=method_options, refiner_options=refiner, teacher=args.teacher, progress=not args.no_progress,
         unlabeled=args.unlabeled, unlabeled_root=args.unlabeled_root, select=args.select, val_split=args.val_split,
-        log_every=args.log_every, compile=args.compile, decode_once=args.decode_once, max_image_side=args.max_image_side,
+        log_every=args.log_every, compile=args.compile, compile_mode=args.compile_mode, decode_once=args.decode_once, max_image_side=args.max_image_side,
         augment_on=args.augment_on, kd_weight=args.kd_weight, strict_shots=args.strict_shots,
     )
     if args.recipe is not None:
