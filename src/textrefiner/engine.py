@@ -2,8 +2,9 @@
 
 SGD (momentum 0.9, weight decay 5e-4), a cosine schedule over the epochs after one
 constant warm-up epoch at 1e-5 (stepped per epoch, as Dassl does), few-shot data, base
-classes for training and base + novel for evaluation. Runs on CPU or CUDA, in fp32 or
-under bf16/fp16 autocast (fp16 with a GradScaler), in one process or under
+classes for training and base + novel for evaluation. Runs on CPU or CUDA, in fp32 (TF32
+matmuls with ``tf32``, CUDA only) or under bf16/fp16 autocast (fp16 with a GradScaler; the
+frozen model's matmul weights stored in that dtype once), in one process or under
 ``torchrun`` / ``accelerate launch`` (DDP; rank 0 writes), and resumes bit-exactly.
 """
 
