@@ -1,19 +1,22 @@
-"""Training input pipeline: images/s of the decoded-once loader vs the PIL loader, next to a step's.
+"""Training input pipeline: images/s of the loader's three ways to make a batch, next to a step's.
 
 Legend: B images per batch, W loader worker processes.
 
-Both loaders produce the training batches of ``textrefiner train`` (random-resized-crop to 224,
-flip, normalise) from the same JPEG files (500 x 375, a typical few-shot dataset image):
-* PIL (before): ``ImageDataset`` + ``TrainTransform``: every sample decodes its JPEG and
-  crops / resizes / flips with PIL, in W workers;
-* decoded once (now): ``DecodedImageDataset``: the JPEGs are decoded once when the dataset is
-  built (that time is reported apart), a sample is the same crop + resize + flip of the kept
-  pixels (bit-identical batches), uint8, and the batch is normalised where it lands
-  (``batch_transform``; here on CPU, on the GPU in training).
-Each variant reads a full epoch through a ``DataLoader`` (W = 1, 2, N where N is the
-machine's CPU count), images/s = images / wall time of the epoch, median of the repeats. The
-step column is a CoOp + TextRefiner training step (ViT-B/16 shapes, 100 classes) on this
-device, as images/s, measured in the same run.
+All three make the training batches of ``textrefiner train`` (random-resized-crop to 224, flip,
+normalise) from the same JPEG files (500 x 375, a typical few-shot dataset image), bit-identical:
+* PIL per file (before): ``ImageDataset`` + ``TrainTransform``: every sample decodes its JPEG and
+  crops / resizes / flips / normalises with PIL, in W workers;
+* decoded once, workers augment: ``DecodedImageDataset(augment_on="workers")``: the JPEGs are
+  decoded once (that time is reported apart); a sample is the same crop + resize + flip with
+  Pillow of the kept pixels, uint8; the batch is normalised where it lands;
+* decoded once, device augments (the default on a GPU): ``augment_on="device"``: a worker only
+  draws the crop, cuts it out and computes the resampling weights (``collate``); the batch is
+  resized (two float64 matrix products), flipped and normalised where it lands.
+The worker columns time what runs in the loader: one worker's steady rate in this process (one
+torch thread, no loader), then a full epoch through a ``DataLoader`` with W = 1, 2, N workers
+(N: the machine's CPUs), started once per epoch as the engine does. The device table times what
+``batch_transform`` does where the batch lands, on this run's device. The step is a CoOp +
+TextRefiner training step (ViT-B/16 shapes, 100 classes) on the device, as images/s, in the same run.
 
     python benchmarks/bench_loader.py [--smoke] [--device cuda]
 """
@@ -32,7 +35,7 @@ from _common import CLASSNAMES, Check, build_clip, ensure_importable, parser, re
 
 ensure_importable()
 
-from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.data import DataLoader, default_collate  # noqa: E402
 
 from textrefiner.data import DecodedImageDataset, ImageDataset, Item, TrainTransform  # noqa: E402
 from textrefiner.data.transforms import _Normalise  # noqa: E402
@@ -58,17 +61,16 @@ def make_images(folder: Path, n: int, size: tuple[int, int]) -> list[Item]:
 
 
 def epoch_images_per_s(dataset, batch: int, workers: int, repeats: int) -> list[float]:
+    """A full epoch through a DataLoader: what the workers deliver (``batch_transform`` not included)."""
     rates = []
     for r in range(repeats):
         dataset.set_epoch(r)
-        loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(r))
-        transform = getattr(dataset, "batch_transform", None)
+        loader = DataLoader(
+            dataset, batch_size=batch, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(r),
+            collate_fn=getattr(dataset, "collate_fn", None),
+        )
         t0 = time.perf_counter()
-        seen = 0
-        for x, _ in loader:
-            if transform is not None:
-                x = transform(x)
-            seen += x.shape[0]
+        seen = sum(labels.shape[0] for _, labels in loader)
         rates.append(seen / (time.perf_counter() - t0))
     return rates
 
@@ -77,20 +79,47 @@ def per_worker_images_per_s(dataset, batch: int, repeats: int) -> float:
     """One worker's steady rate: samples made and collated in this process, one torch thread, no loader."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
-    transform = getattr(dataset, "batch_transform", None)
+    collate = getattr(dataset, "collate_fn", None) or default_collate
     rates = []
     try:
         for r in range(repeats):
             dataset.set_epoch(r)
             t0 = time.perf_counter()
             for start in range(0, len(dataset), batch):
-                x = torch.stack([dataset[i][0] for i in range(start, min(start + batch, len(dataset)))])
-                if transform is not None:
-                    x = transform(x)  # on the GPU in training: counted here anyway
+                collate([dataset[i] for i in range(start, min(start + batch, len(dataset)))])
             rates.append(len(dataset) / (time.perf_counter() - t0))
     finally:
         torch.set_num_threads(threads)
     return statistics.median(rates)
+
+
+def device_images_per_s(dataset, batch: int, device: torch.device, batches: int, repeats: int) -> tuple[float, float]:
+    """``batch_transform`` where the batch lands (made and moved beforehand): images/s, and the
+    float64 multiply-adds per image of the resize (0 when the batch is already resized)."""
+    dataset.set_epoch(0)
+    collate = getattr(dataset, "collate_fn", None) or default_collate
+    made = [collate([dataset[i] for i in range(k * batch, (k + 1) * batch)])[0] for k in range(batches)]
+    made = [x.to(device) for x in made]
+    flops = 0.0
+    for x in made:
+        for g in getattr(x, "groups", ()):
+            n, _, h_in, w_in = g.pixels.shape
+            h, w = x.size
+            first = h_in * w_in * w + h_in * w * h if g.horizontal_first else h_in * w_in * h + h * w_in * w
+            flops += n * 3 * first
+    flops /= batches * batch
+    dataset.batch_transform(made[0])  # warm-up
+    rates = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for x in made:
+            dataset.batch_transform(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(batches * batch / (time.perf_counter() - t0))
+    return statistics.median(rates), flops
 
 
 def step_images_per_s(smoke: bool, device: torch.device, batch: int, warmup: int, steps: int) -> float:
@@ -115,6 +144,9 @@ def step_images_per_s(smoke: bool, device: torch.device, batch: int, warmup: int
     return batch / statistics.median(times)
 
 
+VARIANTS = ("PIL per file", "decoded, workers augment", "decoded, device augments")
+
+
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     device = resolve(args, warmup=1, steps=3, gpu_warmup=5, gpu_steps=20)
@@ -123,45 +155,59 @@ def main() -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     worker_counts = sorted({1, 2, cpus}) if not args.smoke else [1]  # the engine always loads in workers
     transform = TrainTransform(out_hw, resample=3, normalise=_Normalise(1 / 255, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)))
+    device_batches = 2 if args.smoke else (16 if device.type == "cuda" else 4)  # CPU float64 products are slow: fewer
 
     with tempfile.TemporaryDirectory() as tmp:  # generated images never land in the clone
         items = make_images(Path(tmp), n_images, size)
         t0 = time.perf_counter()
-        decoded = DecodedImageDataset(items, transform, seed=1)
+        workers_aug = DecodedImageDataset(items, transform, seed=1, augment_on="workers")
         decode_s = time.perf_counter() - t0
-        pil = ImageDataset(items, transform, seed=1)
-        rows, runs = [], []
-        a, b = per_worker_images_per_s(pil, batch, repeats), per_worker_images_per_s(decoded, batch, repeats)
-        print(f"one worker, steady: PIL {a:.0f} img/s, decoded once {b:.0f} img/s (x{b / a:.2f})", flush=True)
-        rows.append(["1 (steady rate, no loader)", f"{a:.0f}", f"{b:.0f}", f"{b / a:.2f}"])
-        runs.append({"workers": "steady", "pil_images_per_s": a, "decoded_images_per_s": b, "ratio": b / a})
+        datasets = dict(zip(VARIANTS, (ImageDataset(items, transform, seed=1), workers_aug, DecodedImageDataset(items, transform, seed=1, augment_on="device"))))
+        rates: dict[str, dict[str, float]] = {v: {} for v in VARIANTS}
+        for name, ds in datasets.items():
+            rates[name]["steady"] = per_worker_images_per_s(ds, batch, repeats)
+            print(f"{name}: one worker, steady: {rates[name]['steady']:.0f} img/s", flush=True)
         for workers in worker_counts:
-            a = statistics.median(epoch_images_per_s(pil, batch, workers, repeats))
-            b = statistics.median(epoch_images_per_s(decoded, batch, workers, repeats))
-            print(f"W={workers}: PIL {a:.0f} img/s, decoded once {b:.0f} img/s (x{b / a:.2f})", flush=True)
-            rows.append([workers, f"{a:.0f}", f"{b:.0f}", f"{b / a:.2f}"])
-            runs.append({"workers": workers, "pil_images_per_s": a, "decoded_images_per_s": b, "ratio": b / a})
+            for name, ds in datasets.items():
+                rates[name][f"W={workers}"] = statistics.median(epoch_images_per_s(ds, batch, workers, repeats))
+                print(f"{name}: W={workers}: {rates[name][f'W={workers}']:.0f} img/s", flush=True)
+        landed = {}
+        for name in VARIANTS[1:]:
+            landed[name] = device_images_per_s(datasets[name], batch, device, device_batches, repeats)
+            print(f"{name}: batch_transform on {device}: {landed[name][0]:.0f} img/s", flush=True)
     step = step_images_per_s(args.smoke, device, batch if args.smoke else 8, args.warmup, args.steps)
     print(f"CoOp + TextRefiner step: {step:.1f} img/s on {device}", flush=True)
-    one = next(r for r in runs if r["workers"] == "steady")
+    pil, aug, dev = (rates[v]["steady"] for v in VARIANTS)
     checks = [
-        Check.timing(args, "decoded once / PIL, one worker's steady rate", "≥ 2", f"{one['ratio']:.2f}", one["ratio"] >= 2),
-        Check.timing(args, "decoded-once worker / CPU step, images/s", "≥ 1", f"{one['decoded_images_per_s'] / step:.1f}", one["decoded_images_per_s"] >= step, cpu_only=True),
+        Check.timing(args, "device-augments worker / PIL-per-file worker, steady images/s", "≥ 5", f"{dev / pil:.1f}", dev / pil >= 5),
+        Check.timing(args, "decoded, workers augment / PIL per file, steady images/s", "≥ 2", f"{aug / pil:.2f}", aug / pil >= 2),
+        Check.timing(args, "device-augments worker / CPU step, images/s", "≥ 1", f"{dev / step:.1f}", dev >= step, cpu_only=True),
     ]
+    columns = ["steady", *(f"W={w}" for w in worker_counts)]
+    flops = landed[VARIANTS[2]][1]
     write_results(
         args,
         "loader",
-        f"Training loader images/s: decoded once vs PIL ({n_images} JPEGs of {size[0]}x{size[1]}, batch {batch}, output {out_hw[0]} px)",
-        tables={"": (["workers", "PIL img/s", "decoded once img/s", "ratio"], rows),
-                "step": (["CoOp + TextRefiner step (ViT-B/16 shapes, 100 classes)", "images/s"], [[f"batch {batch if args.smoke else 8} on {device}", f"{step:.1f}"]])},
+        f"Training loader images/s: PIL per file vs decoded once ({n_images} JPEGs of {size[0]}x{size[1]}, batch {batch}, output {out_hw[0]} px)",
+        tables={
+            "in the loader workers (images/s)": (["way", "one worker, steady", *(f"{w} worker(s), loader" for w in worker_counts)],
+                                                 [[v, *(f"{rates[v][c]:.0f}" for c in columns)] for v in VARIANTS]),
+            f"where the batch lands: batch_transform on {device} (images/s)": (
+                ["way", "images/s", "float64 multiply-adds per image"],
+                [[v, f"{landed[v][0]:.0f}", f"{landed[v][1] / 1e6:.0f} M" if landed[v][1] else "0 (normalise only)"] for v in VARIANTS[1:]]),
+            "step": (["CoOp + TextRefiner step (ViT-B/16 shapes, 100 classes)", "images/s"], [[f"batch {batch if args.smoke else 8} on {device}", f"{step:.1f}"]]),
+        },
         checks=checks,
-        data={"runs": runs, "decode_once_seconds": decode_s, "images": n_images, "step_images_per_s": step, "cpus": cpus},
+        data={"rates": rates, "landed_images_per_s": {v: landed[v][0] for v in landed}, "resize_multiply_adds_per_image": flops,
+              "decode_once_seconds": decode_s, "images": n_images, "step_images_per_s": step, "cpus": cpus},
         notes=[
             f"Decoding the {n_images} images once took {decode_s:.2f} s (done once per run, before the first epoch).",
             "Workers share the decoded images through fork (copy-on-write); epochs reuse them.",
-            "The loader rows include starting the workers, once per epoch (the engine builds a loader per epoch); "
-            "the steady row is what one worker sustains, the number to size a GPU's workers with.",
-            "How many workers a GPU needs: divide the GPU step's images/s by the per-worker decoded-once rate (see README).",
+            "The loader columns include starting the workers, once per epoch (the engine builds a loader per epoch); "
+            "the steady column is what one worker sustains, the number to size a GPU's workers with: "
+            "workers needed = the GPU step's images/s / one worker's steady rate.",
+            f"The device's resize is {flops / 1e6:.0f} M float64 multiply-adds per image here (a 500x375 image's random crops to 224 px); "
+            "on CPU that is slower than Pillow, which is why `--augment-on auto` augments in the workers there and on the device only on a GPU.",
         ],
     )
 
