@@ -188,3 +188,27 @@ def test_device_augmentation_on_cuda_is_pinned_sync_free_and_equal(mixed_items):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(x.cpu(), ds.batch_transform(crops))
+
+
+@pytest.mark.parametrize("augment_on", ["workers", "device"])
+def test_workers_that_persist_across_epochs_draw_each_epochs_augmentations(mixed_items, augment_on):
+    """The engine starts its loader workers once per run; the sampler tells them the epoch."""
+    from textrefiner.data.batches import GlobalBatchSampler
+
+    ds = DecodedImageDataset(mixed_items, transforms_from_processor(_processor(), train=True), seed=2, augment_on=augment_on)
+
+    def fresh(epoch):  # what a loader made for this epoch alone gives, in this process
+        ds.set_epoch(epoch)
+        sampler = GlobalBatchSampler(len(ds), 4, seed=2, epoch=epoch)
+        return [ds.batch_transform(x) for x, _ in DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate_fn)]
+
+    sampler = GlobalBatchSampler(len(ds), 4, seed=2, epoch=0, tag_epoch=True)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=2, persistent_workers=True, collate_fn=ds.collate_fn)
+    seen = []
+    for epoch in (0, 1, 2):
+        sampler.set_epoch(epoch)
+        got = [ds.batch_transform(x) for x, _ in loader]
+        want = fresh(epoch)
+        assert len(got) == len(want) == 3 and all(torch.equal(a, b) for a, b in zip(got, want))
+        seen.append(torch.cat(got))
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])  # each epoch its own draw

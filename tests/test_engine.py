@@ -342,7 +342,8 @@ def test_compile_flag_compiles_the_step_after_the_hooks_are_attached(tiny_clip_d
 
 @pytest.mark.slow
 def test_augmenting_on_the_device_trains_the_same_run(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
-    """Crops resized by the workers (Pillow) or by matrix products where the batch lands: the same run."""
+    """Crops resized by the workers (Pillow) or by matrix products where the batch lands: the same run
+    (the device run also loads in 2 worker processes that live across its epochs)."""
     from textrefiner.data import decoded
 
     resized = []
@@ -350,7 +351,7 @@ def test_augmenting_on_the_device_trains_the_same_run(tiny_clip_dir, fake_data_r
     monkeypatch.setattr(decoded, "_resize_and_flip", lambda batch: (resized.append(len(batch)), real(batch))[1])
     runs = {}
     for where in ("workers", "device"):
-        cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / where, augment_on=where, num_workers=0)
+        cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / where, augment_on=where, num_workers=2 if where == "device" else 0)
         engine.train(cfg)
         runs[where] = (load_file(str(tmp_path / where / "method.safetensors")), json.loads((tmp_path / where / "log.json").read_text()))
     (a, log_a), (b, log_b) = runs["workers"], runs["device"]

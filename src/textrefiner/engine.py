@@ -365,25 +365,29 @@ def _loader(dataset, cfg: RunConfig, *, train: bool, epoch: int = 0, ddp: _Dist 
     """Training batches in an order fixed by (seed, epoch), so a resumed run sees the same data.
 
     ``cfg.batch_size`` is the global batch: under DDP every rank draws the order one process
-    would and takes its slice of each batch (``data/batches.py``). On CUDA the batches are
-    pinned, so the engine's ``non_blocking`` copy overlaps the step before.
+    would and takes its slice of each batch (``data/batches.py``). The training loader is made
+    once per run: its workers persist across epochs (starting them is not paid again at every
+    epoch, when the GPU would wait), and ``loader.batch_sampler.set_epoch(e)`` moves it on; the
+    sampler hands each index out with its epoch, so the workers draw that epoch's
+    augmentations. On CUDA the batches are pinned, so the engine's ``non_blocking`` copy
+    overlaps the step before.
     """
-    from .data.batches import GlobalBatchSampler, order_seed
+    from .data.batches import GlobalBatchSampler
 
     workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
     pin = device is not None and device.type == "cuda"  # page-locked: the copy runs asynchronously
     if not train:
         return DataLoader(dataset, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
     rank, world = (ddp.rank, ddp.world) if ddp is not None else (0, 1)
-    batches = GlobalBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank, world=world)
+    batches = GlobalBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank, world=world, tag_epoch=True)
     return DataLoader(
         dataset,
         batch_sampler=batches,
         collate_fn=getattr(dataset, "collate_fn", None),  # decoded-once data on the device: crops, not images
-        generator=torch.Generator().manual_seed(order_seed(cfg.seed, epoch)),  # worker seeds; augmentations use (seed, epoch, index)
+        generator=torch.Generator().manual_seed(cfg.seed),  # worker seeds; augmentations use (seed, epoch, index)
         num_workers=workers,
         pin_memory=pin,
-        persistent_workers=False,
+        persistent_workers=workers > 0,
     )
 
 
@@ -725,10 +729,10 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
         cfg.save(out)
     ddp.barrier()
 
+    loader = _loader(train_set, cfg, train=True, epoch=start, ddp=ddp, device=device)  # its workers live for the run
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        train_set.set_epoch(epoch)  # augmentations drawn from (seed, epoch, index): exact on resume
-        loader = _loader(train_set, cfg, train=True, epoch=epoch, ddp=ddp, device=device)
+        loader.batch_sampler.set_epoch(epoch)  # order and augmentations drawn from (seed, epoch, index): exact on resume
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         record |= _epoch(method, ddp_method, loader, optimizer, scaler, cfg, device, epoch, ddp)
         with warnings.catch_warnings():  # fp16: GradScaler may skip a step; the schedule is per epoch anyway

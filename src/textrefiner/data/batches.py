@@ -5,6 +5,10 @@
 contiguous slice of each: rank ``r`` of ``R`` gets rows ``[r*b, (r+1)*b)``, ``b = batch / R``.
 With gradients averaged over ranks (DDP), the synced cache write and synced BatchNorm
 statistics, R processes then take exactly the steps one process takes.
+
+With ``tag_epoch=True`` the sampler yields ``(epoch, index)`` pairs, and the datasets draw the
+augmentation of that epoch: loader workers that persist across epochs (started once per run,
+not once per epoch) then need no message to learn the epoch, and :meth:`set_epoch` moves on.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ class GlobalBatchSampler(Sampler[list[int]]):
     Args:
         n: dataset size.
         batch_size: the global batch, divisible by ``world``.
-        seed, epoch: fix the permutation.
+        seed, epoch: fix the permutation (``set_epoch`` moves to another).
         rank, world: this process and the number of processes.
+        tag_epoch: yield ``(epoch, index)`` pairs instead of indices.
 
     The last, incomplete global batch is dropped when there is at least one full one (as a
     single-process loader with ``drop_last`` does); a dataset smaller than one batch makes one
@@ -37,21 +42,28 @@ class GlobalBatchSampler(Sampler[list[int]]):
         ValueError: ``batch_size`` not divisible by ``world``, or fewer images than ranks.
     """
 
-    def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1, tag_epoch: bool = False) -> None:
         if batch_size % world:
             raise ValueError(f"--batch-size {batch_size} is the global batch and must split evenly over {world} processes")
         if n < world:
             raise ValueError(f"{n} training image(s) cannot be split over {world} processes")
         self.n, self.batch_size, self.seed, self.epoch, self.rank, self.world = n, batch_size, seed, epoch, rank, world
+        self.tag_epoch = tag_epoch
         self.global_batch = batch_size if n >= batch_size else n - n % world
         self.steps = n // self.global_batch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the order (and, with ``tag_epoch``, the augmentations) of ``epoch`` from now on."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.steps
 
-    def __iter__(self) -> Iterator[list[int]]:
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(order_seed(self.seed, self.epoch))).tolist()
+    def __iter__(self) -> Iterator[list[int] | list[tuple[int, int]]]:
+        epoch = self.epoch
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(order_seed(self.seed, epoch))).tolist()
         share = self.global_batch // self.world
         for step in range(self.steps):
             start = step * self.global_batch + self.rank * share
-            yield order[start : start + share]
+            rows = order[start : start + share]
+            yield [(epoch, i) for i in rows] if self.tag_epoch else rows

@@ -134,9 +134,14 @@ class DecodedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int):
-        """``(uint8 (3, h, w), label)``; with ``augment_on="device"``: ``(crop (3, ch, cw), flip, label)``."""
-        generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
+    def __getitem__(self, index: int | tuple[int, int]):
+        """``(uint8 (3, h, w), label)``; with ``augment_on="device"``: ``(crop (3, ch, cw), flip, label)``.
+
+        ``index`` may be an ``(epoch, index)`` pair (``GlobalBatchSampler(tag_epoch=True)``), which
+        overrides :meth:`set_epoch`.
+        """
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
         label = self.items[index].label
         if self.augment_on == "workers":
             return self.transform.augment(self.images[index], generator), label

@@ -62,12 +62,14 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """``index`` may be an ``(epoch, index)`` pair, which overrides :meth:`set_epoch`."""
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         item = self.items[index]
         image = load_image(item.impath)
         if getattr(self.transform, "random", False):
             generator = None
             if self.seed is not None:
-                generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
+                generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
             return self.transform(image, generator=generator), item.label
         return self.transform(image), item.label
