@@ -13,8 +13,8 @@ normalise) from the same JPEG files (500 x 375, a typical few-shot dataset image
   draws the crop, cuts it out and computes the resampling weights (``collate``); the batch is
   resized (two float64 matrix products), flipped and normalised where it lands.
 The worker columns time what runs in the loader: one worker's steady rate in this process (one
-torch thread, no loader), then a full epoch through a ``DataLoader`` with W = 1, 2, N workers
-(N: the machine's CPUs), started once per epoch as the engine does. The device table times what
+torch thread, no loader), then epochs through one ``DataLoader`` with W = 1, 2, N workers (N:
+the machine's CPUs) that persist across epochs, as the engine's do (start-up reported apart). The device table times what
 ``batch_transform`` does where the batch lands, on this run's device. The step is a CoOp +
 TextRefiner training step (ViT-B/16 shapes, 100 classes) on the device, as images/s, in the same run.
 
@@ -60,19 +60,21 @@ def make_images(folder: Path, n: int, size: tuple[int, int]) -> list[Item]:
     return items
 
 
-def epoch_images_per_s(dataset, batch: int, workers: int, repeats: int) -> list[float]:
-    """A full epoch through a DataLoader: what the workers deliver (``batch_transform`` not included)."""
-    rates = []
-    for r in range(repeats):
-        dataset.set_epoch(r)
-        loader = DataLoader(
-            dataset, batch_size=batch, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(r),
-            collate_fn=getattr(dataset, "collate_fn", None),
-        )
+def epoch_images_per_s(dataset, batch: int, workers: int, repeats: int) -> tuple[list[float], float]:
+    """Epochs through one DataLoader whose workers persist, as the engine's: what the workers
+    deliver (``batch_transform`` not included), and the first epoch's extra seconds (start-up)."""
+    from textrefiner.data.batches import GlobalBatchSampler
+
+    sampler = GlobalBatchSampler(len(dataset), batch, seed=0, epoch=0, tag_epoch=True)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0, collate_fn=getattr(dataset, "collate_fn", None))
+    times = []
+    for r in range(repeats + 1):  # the first epoch starts the workers
+        sampler.set_epoch(r)
         t0 = time.perf_counter()
         seen = sum(labels.shape[0] for _, labels in loader)
-        rates.append(seen / (time.perf_counter() - t0))
-    return rates
+        times.append(time.perf_counter() - t0)
+    del loader
+    return [seen / t for t in times[1:]], times[0] - statistics.median(times[1:])
 
 
 def per_worker_images_per_s(dataset, batch: int, repeats: int) -> float:
@@ -167,10 +169,12 @@ def main() -> None:
         for name, ds in datasets.items():
             rates[name]["steady"] = per_worker_images_per_s(ds, batch, repeats)
             print(f"{name}: one worker, steady: {rates[name]['steady']:.0f} img/s", flush=True)
+        startup = {}
         for workers in worker_counts:
             for name, ds in datasets.items():
-                rates[name][f"W={workers}"] = statistics.median(epoch_images_per_s(ds, batch, workers, repeats))
-                print(f"{name}: W={workers}: {rates[name][f'W={workers}']:.0f} img/s", flush=True)
+                epochs, startup[(name, workers)] = epoch_images_per_s(ds, batch, workers, repeats)
+                rates[name][f"W={workers}"] = statistics.median(epochs)
+                print(f"{name}: W={workers}: {rates[name][f'W={workers}']:.0f} img/s (start-up {startup[(name, workers)]:.2f} s)", flush=True)
         landed = {}
         for name in VARIANTS[1:]:
             landed[name] = device_images_per_s(datasets[name], batch, device, device_batches, repeats)
@@ -199,12 +203,15 @@ def main() -> None:
         },
         checks=checks,
         data={"rates": rates, "landed_images_per_s": {v: landed[v][0] for v in landed}, "resize_multiply_adds_per_image": flops,
-              "decode_once_seconds": decode_s, "images": n_images, "step_images_per_s": step, "cpus": cpus},
+              "decode_once_seconds": decode_s, "startup_seconds": {f"{k[0]}, W={k[1]}": v for k, v in startup.items()}, "images": n_images, "step_images_per_s": step, "cpus": cpus},
         notes=[
             f"Decoding the {n_images} images once took {decode_s:.2f} s (done once per run, before the first epoch).",
             "Workers share the decoded images through fork (copy-on-write); epochs reuse them.",
-            "The loader columns include starting the workers, once per epoch (the engine builds a loader per epoch); "
-            "the steady column is what one worker sustains, the number to size a GPU's workers with: "
+            "The loader columns are epochs through one DataLoader whose workers persist, as the engine's (made once per run); "
+            "starting the workers cost "
+            + ", ".join(f"{startup[(VARIANTS[2], w)]:.2f} s" for w in worker_counts)
+            + f" more in the first epoch with {', '.join(str(w) for w in worker_counts)} worker(s) (device-augments way). "
+            "The steady column is what one worker sustains, the number to size a GPU's workers with: "
             "workers needed = the GPU step's images/s / one worker's steady rate.",
             f"The device's resize is {flops / 1e6:.0f} M float64 multiply-adds per image here (a 500x375 image's random crops to 224 px); "
             "on CPU that is slower than Pillow, which is why `--augment-on auto` augments in the workers there and on the device only on a GPU.",
