@@ -380,3 +380,20 @@ def test_augment_on_errors_are_clear(tiny_clip_dir, fake_data_root, tmp_path, ca
     assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "a", "--augment-on", "device", "--no-decode-once")) == 2
     assert "augmenting on the device works on decoded-once images" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def test_max_prompts_reaches_cocoop_and_is_checked(tiny_clip_dir, fake_data_root, tmp_path, capsys, monkeypatch):
+    """--max-prompts 2 with 4 base classes: every training step runs its text pass in one-image chunks."""
+    from textrefiner.methods.cocoop import CoCoOpMethod
+
+    chunked = []
+    real = CoCoOpMethod.train_text_features
+    monkeypatch.setattr(CoCoOpMethod, "train_text_features", lambda self, images: (chunked.append(self.learner.max_prompts), real(self, images))[1])
+    assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "run", "--method", "cocoop", "--max-prompts", "2", "--epochs", "1")) == 0
+    assert chunked and set(chunked) == {2}
+    assert json.loads((tmp_path / "run" / "run_config.json").read_text())["method_options"]["max_prompts"] == 2
+    capsys.readouterr()
+    assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "coop", "--max-prompts", "2")) == 2
+    assert "--max-prompts bounds CoCoOp's per-image text pass; --method coop has none" in capsys.readouterr().err
+    assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "zero", "--method", "cocoop", "--max-prompts", "0")) == 2
+    assert "`max_prompts` should be a positive int, got 0" in capsys.readouterr().err

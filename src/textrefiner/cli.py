@@ -93,6 +93,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctx-init", default="a photo of a", help='context initialisation words; "" for random')
     p.add_argument("--prompt-depth", type=int, default=None, help="MaPLe / PromptKD: layers with prompts (default: 9 of 12, 3/4 of the depth)")
     p.add_argument("--class-specific", action="store_true", help="CoOp: one context per class (CSC, class-specific context)")
+    p.add_argument(
+        "--max-prompts", type=int, default=None,
+        help="CoCoOp: the most (image, class) prompts per text pass; a bigger batch runs in chunks of whole images with "
+        "activation checkpointing, the same results in less memory (default: 4096)",
+    )
     p.add_argument("--teacher", default=None, help="PromptKD: teacher model id or folder (default: none; required for promptkd)")
     p.add_argument(
         "--kd-weight", type=float, default=None,
@@ -119,7 +124,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 # Options that land inside RunConfig's method_options / refiner_options, and flags named unlike their field.
 _OPTION_OF_FLAG = {
     "n_ctx": "method_options.n_ctx", "ctx_init": "method_options.ctx_init", "class_specific": "method_options.class_specific",
-    "prompt_depth": "method_options.prompt_depth", "cache_size": "refiner_options.cache_size",
+    "prompt_depth": "method_options.prompt_depth", "max_prompts": "method_options.max_prompts", "cache_size": "refiner_options.cache_size",
     "alpha": "refiner_options.alpha", "semantic_weight": "refiner_options.semantic_weight",
     "regularization_weight": "refiner_options.regularization_weight", "sync_batchnorm": "refiner_options.sync_batchnorm",
     "no_progress": "progress",
@@ -146,6 +151,8 @@ def _run_config(args: argparse.Namespace):
         method_options["prompt_depth"] = args.prompt_depth
     if args.class_specific:
         method_options["class_specific"] = True
+    if args.max_prompts is not None:
+        method_options["max_prompts"] = args.max_prompts
     refiner = {
         k: getattr(args, k)
         for k in ("cache_size", "alpha", "semantic_weight", "regularization_weight")

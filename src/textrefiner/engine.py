@@ -145,6 +145,11 @@ class RunConfig:
         n_ctx, ctx_init = self.method_options.get("n_ctx"), self.method_options.get("ctx_init")
         if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1):
             raise ValueError(f"`n_ctx` should be a positive int, got {n_ctx!r}")
+        max_prompts = self.method_options.get("max_prompts")
+        if max_prompts is not None and (isinstance(max_prompts, bool) or not isinstance(max_prompts, int) or max_prompts < 1):
+            raise ValueError(f"`max_prompts` should be a positive int, got {max_prompts!r}")
+        if max_prompts is not None and self.method != "cocoop":
+            raise ValueError(f"--max-prompts bounds CoCoOp's per-image text pass; --method {self.method} has none")
         if self.method in ("coop", "cocoop") and n_ctx is not None and ctx_init and n_ctx != len(ctx_init.split()):
             raise ValueError(f"--n-ctx {n_ctx} does nothing with --ctx-init {ctx_init!r}: {self.method}'s context is then those "
                              f"{len(ctx_init.split())} words; give --ctx-init \"\" for {n_ctx} random context vectors, or drop --n-ctx")
