@@ -397,3 +397,17 @@ def test_max_prompts_reaches_cocoop_and_is_checked(tiny_clip_dir, fake_data_root
     assert "--max-prompts bounds CoCoOp's per-image text pass; --method coop has none" in capsys.readouterr().err
     assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "zero", "--method", "cocoop", "--max-prompts", "0")) == 2
     assert "`max_prompts` should be a positive int, got 0" in capsys.readouterr().err
+
+
+def test_a_run_says_what_decoding_once_cost(tiny_clip_dir, fake_data_root, tmp_path, capsys):
+    from PIL import Image
+
+    from textrefiner.data import load_dataset
+
+    cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / "run", epochs=1, progress=True, augment_on="device")
+    engine.train(cfg)
+    err = capsys.readouterr().err
+    items = load_dataset("eurosat", fake_data_root, shots=4, seed=cfg.seed, subsample="base", allow_fewer=True).train
+    pixels = sum(3 * Image.open(item.impath).width * Image.open(item.impath).height for item in items)  # uint8 RGB, kept whole
+    assert f"decoded {len(items)} training images once in " in err
+    assert f": {pixels / 2**20:.1f} MiB in memory per process (original size; --max-image-side caps it); crops resized on cpu" in err

@@ -18,6 +18,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -701,7 +702,15 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
     train_transform = transforms_from_processor(processor, train=True)
     if cfg.decode_once:  # decoded once into memory; resize/flip/normalise in the workers or on the device
         augment_on = _augment_on(cfg.augment_on, device, train_transform)
+        t0 = time.perf_counter()
         train_set = DecodedImageDataset(items, train_transform, seed=cfg.seed, max_side=cfg.max_image_side, augment_on=augment_on)
+        if ddp.main and cfg.progress:  # what decoding once costs, so a user can cap it
+            size = train_set.nbytes
+            size = f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+            cap = f"long side capped at {cfg.max_image_side} px" if cfg.max_image_side else "original size; --max-image-side caps it"
+            where = "in the loader workers" if augment_on == "workers" else f"on {device}"
+            print(f"decoded {len(train_set)} training images once in {time.perf_counter() - t0:.1f} s: {size} in memory per process "
+                  f"({cap}); crops resized {where}", file=sys.stderr, flush=True)
     else:
         train_set = ImageDataset(items, train_transform, seed=cfg.seed)
     val_set = val_classnames = None

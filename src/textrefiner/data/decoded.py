@@ -23,6 +23,8 @@ whatever the worker count, batch order, device or resume.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
@@ -46,6 +48,21 @@ def decode(path: str, max_side: int | None = None) -> Image.Image:
         scale = max_side / max(image.size)
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC)
     return image
+
+
+def decode_all(paths: Sequence[str], max_side: int | None = None, *, as_tensors: bool = False) -> list:
+    """Decode images on threads (Pillow releases the GIL while it decodes): PIL images, or
+    (3, H, W) uint8 tensors when ``as_tensors`` (crops are then slices)."""
+
+    def one(path: str):
+        image = decode(path, max_side)
+        return _pil_to_uint8(image).contiguous() if as_tensors else image
+
+    threads = min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    if threads <= 1 or len(paths) < 2:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="textrefiner-decode") as pool:
+        return list(pool.map(one, paths))  # in order; the first unreadable image raises, named
 
 
 @dataclass(frozen=True)
@@ -121,11 +138,14 @@ class DecodedImageDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.augment_on = augment_on
-        self.images = [decode(item.impath, max_side) for item in self.items]  # decoded once, shared
-        if augment_on == "device":  # (3, H, W) uint8: crops are slices
-            self.images = [_pil_to_uint8(image).contiguous() for image in self.images]
+        self.images = decode_all([item.impath for item in self.items], max_side, as_tensors=augment_on == "device")
         self.collate_fn = self.collate if augment_on == "device" else default_collate
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # mean, std per device
+
+    @property
+    def nbytes(self) -> int:
+        """The memory the decoded images take (in this process; workers share it through fork)."""
+        return sum(im.numel() if isinstance(im, torch.Tensor) else im.width * im.height * 4 for im in self.images)  # Pillow: RGBX
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draw of ``epoch``."""
