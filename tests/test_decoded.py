@@ -212,3 +212,16 @@ def test_workers_that_persist_across_epochs_draw_each_epochs_augmentations(mixed
         assert len(got) == len(want) == 3 and all(torch.equal(a, b) for a, b in zip(got, want))
         seen.append(torch.cat(got))
     assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])  # each epoch its own draw
+
+
+def test_decoding_stops_with_a_clear_error_past_the_memory_budget(mixed_items, monkeypatch):
+    calls = []
+    real = decoded_module.decode
+    monkeypatch.setattr(decoded_module, "decode", lambda *a: (calls.append(a), real(*a))[1])
+    monkeypatch.setattr(decoded_module, "_decode_threads", lambda: 2)  # 4 images decoded ahead at most
+    transform = transforms_from_processor(_processor(), train=True)
+    with pytest.raises(MemoryError, match=r"decoding the 12 training images once would take about 168 KiB \(3 took 42 KiB\), more than the 39 KiB allowed"):
+        DecodedImageDataset(mixed_items, transform, seed=1, augment_on="device", memory_budget=40_000)  # 90x60, 40x120, 64x64 px pass it
+    assert len(calls) <= 6  # stopped early: the 3 images that passed the budget and at most 3 more in flight
+    ds = DecodedImageDataset(mixed_items, transform, seed=1, augment_on="device", memory_budget=10**9)
+    assert ds.nbytes == sum(3 * im.shape[1] * im.shape[2] for im in ds.images) < 10**9

@@ -411,3 +411,22 @@ def test_a_run_says_what_decoding_once_cost(tiny_clip_dir, fake_data_root, tmp_p
     pixels = sum(3 * Image.open(item.impath).width * Image.open(item.impath).height for item in items)  # uint8 RGB, kept whole
     assert f"decoded {len(items)} training images once in " in err
     assert f": {pixels / 2**20:.1f} MiB in memory per process (original size; --max-image-side caps it); crops resized on cpu" in err
+
+
+def test_a_run_refuses_to_decode_more_than_memory_allows(tiny_clip_dir, fake_data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(engine, "_decode_budget", lambda: 1000)
+    assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert "training images once would take about" in err and "more than the 1 KiB allowed (80% of the memory available" in err
+    assert "of the memory available, shared by the local processes): keep them smaller with --max-image-side" in err
+    assert "--no-decode-once" in err
+    monkeypatch.setattr(engine, "_decode_budget", lambda: None)  # a kernel that does not say: no check
+    assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "run", "--epochs", "1")) == 0
+
+
+def test_the_decode_budget_is_a_share_of_the_available_memory_per_local_process(monkeypatch):
+    budget = engine._decode_budget()
+    if budget is None:
+        pytest.skip("this kernel does not report MemAvailable")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert engine._decode_budget() == pytest.approx(budget / 4, rel=0.05)  # MemAvailable moves a little meanwhile

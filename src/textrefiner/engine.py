@@ -397,6 +397,21 @@ def _loader(dataset, cfg: RunConfig, *, train: bool, epoch: int = 0, ddp: _Dist 
     )
 
 
+DECODE_MEMORY_SHARE = 0.8  # of the memory available when a run starts, for the decoded-once training images
+
+
+def _decode_budget() -> int | None:
+    """Bytes this process may fill with decoded images: a share of MemAvailable, split over the
+    local ranks (each keeps its own copy); None where the kernel does not say (no check)."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    return int(available * DECODE_MEMORY_SHARE / max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def _augment_on(choice: str, device: torch.device, transform) -> str:
     """Where crops are resized: ``auto`` is the device on a CUDA GPU when it reproduces the filter."""
     from .data import resample
@@ -703,7 +718,16 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
     if cfg.decode_once:  # decoded once into memory; resize/flip/normalise in the workers or on the device
         augment_on = _augment_on(cfg.augment_on, device, train_transform)
         t0 = time.perf_counter()
-        train_set = DecodedImageDataset(items, train_transform, seed=cfg.seed, max_side=cfg.max_image_side, augment_on=augment_on)
+        budget = _decode_budget()
+        try:
+            train_set = DecodedImageDataset(
+                items, train_transform, seed=cfg.seed, max_side=cfg.max_image_side, augment_on=augment_on, memory_budget=budget
+            )
+        except MemoryError as err:  # before the machine starts swapping or the kernel kills the run
+            raise RunError(
+                f"{err} ({DECODE_MEMORY_SHARE:.0%} of the memory available, shared by the local processes): keep them smaller "
+                "with --max-image-side (e.g. 512), or read them from disk at every step with --no-decode-once"
+            ) from None
         if ddp.main and cfg.progress:  # what decoding once costs, so a user can cap it
             size = train_set.nbytes
             size = f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"

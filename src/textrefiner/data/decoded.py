@@ -23,7 +23,9 @@ whatever the worker count, batch order, device or resume.
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from typing import Sequence
@@ -50,19 +52,56 @@ def decode(path: str, max_side: int | None = None) -> Image.Image:
     return image
 
 
-def decode_all(paths: Sequence[str], max_side: int | None = None, *, as_tensors: bool = False) -> list:
+def decode_all(paths: Sequence[str], max_side: int | None = None, *, as_tensors: bool = False, memory_budget: int | None = None) -> list:
     """Decode images on threads (Pillow releases the GIL while it decodes): PIL images, or
-    (3, H, W) uint8 tensors when ``as_tensors`` (crops are then slices)."""
+    (3, H, W) uint8 tensors when ``as_tensors`` (crops are then slices).
+
+    Raises:
+        MemoryError: the decoded images pass ``memory_budget`` bytes (checked as they come, so
+            decoding stops early; the message estimates what all of them would take).
+    """
 
     def one(path: str):
         image = decode(path, max_side)
         return _pil_to_uint8(image).contiguous() if as_tensors else image
 
-    threads = min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    if threads <= 1 or len(paths) < 2:
-        return [one(p) for p in paths]
+    threads = _decode_threads()
+    todo, window = iter(paths), deque()  # at most 2 images per thread decoded ahead of the budget check
+    images, total = [], 0
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="textrefiner-decode") as pool:
-        return list(pool.map(one, paths))  # in order; the first unreadable image raises, named
+        try:
+            window.extend(pool.submit(one, p) for p in itertools.islice(todo, 2 * threads))
+            while window:
+                images.append(window.popleft().result())  # in order; the first unreadable image raises, named
+                total += _nbytes(images[-1])
+                if memory_budget is not None and total > memory_budget:
+                    estimate = total / len(images) * len(paths)
+                    raise MemoryError(
+                        f"decoding the {len(paths)} training images once would take about {_size(estimate)} "
+                        f"({len(images)} took {_size(total)}), more than the {_size(memory_budget)} allowed"
+                    )
+                window.extend(pool.submit(one, p) for p in itertools.islice(todo, 1))
+        finally:
+            for future in window:
+                future.cancel()
+    return images
+
+
+def _decode_threads() -> int:
+    """Threads that decode: the CPUs this process may use, at most 32."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(32, cpus))
+
+
+def _nbytes(image) -> int:
+    """Memory of one kept image: uint8 tensor elements, or Pillow's 4 bytes per RGB pixel."""
+    return image.numel() if isinstance(image, torch.Tensor) else image.width * image.height * 4
+
+
+def _size(nbytes: float) -> str:
+    if nbytes >= 2**30:
+        return f"{nbytes / 2**30:.2f} GiB"
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.0f} KiB"
 
 
 @dataclass(frozen=True)
@@ -117,15 +156,24 @@ class DecodedImageDataset(Dataset):
         augment_on: ``"workers"`` (Pillow resizes each sample in the loader) or ``"device"``
             (the loader cuts crops; ``batch_transform`` resizes the batch where it lands; use
             ``collate_fn`` as the loader's). Both give the same pixels.
+        memory_budget: stop decoding with a clear error past this many bytes (None: no limit).
 
     Raises:
         TypeError: ``transform`` is not a TrainTransform.
         ValueError: ``augment_on`` is unknown, or ``"device"`` with a filter it cannot reproduce.
         FileNotFoundError, ValueError: an image is missing or unreadable (named), at construction.
+        MemoryError: the decoded images would pass ``memory_budget``.
     """
 
     def __init__(
-        self, items: Sequence[Item], transform: TrainTransform, *, seed: int, max_side: int | None = None, augment_on: str = "workers"
+        self,
+        items: Sequence[Item],
+        transform: TrainTransform,
+        *,
+        seed: int,
+        max_side: int | None = None,
+        augment_on: str = "workers",
+        memory_budget: int | None = None,
     ) -> None:
         if not isinstance(transform, TrainTransform):
             raise TypeError(f"expected a TrainTransform, got {type(transform).__name__}")
@@ -138,14 +186,14 @@ class DecodedImageDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.augment_on = augment_on
-        self.images = decode_all([item.impath for item in self.items], max_side, as_tensors=augment_on == "device")
+        self.images = decode_all([item.impath for item in self.items], max_side, as_tensors=augment_on == "device", memory_budget=memory_budget)
         self.collate_fn = self.collate if augment_on == "device" else default_collate
         self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # mean, std per device
 
     @property
     def nbytes(self) -> int:
         """The memory the decoded images take (in this process; workers share it through fork)."""
-        return sum(im.numel() if isinstance(im, torch.Tensor) else im.width * im.height * 4 for im in self.images)  # Pillow: RGBX
+        return sum(_nbytes(im) for im in self.images)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draw of ``epoch``."""
