@@ -420,6 +420,7 @@ def test_a_run_refuses_to_decode_more_than_memory_allows(tiny_clip_dir, fake_dat
     assert "training images once would take about" in err and "more than the 1 KiB allowed (80% of the memory available" in err
     assert "of the memory available, shared by the local processes): keep them smaller with --max-image-side" in err
     assert "--no-decode-once" in err
+    assert not (tmp_path / "run").exists()  # nothing was written, so no empty run folder is left behind
     monkeypatch.setattr(engine, "_decode_budget", lambda: None)  # a kernel that does not say: no check
     assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "run", "--epochs", "1")) == 0
 

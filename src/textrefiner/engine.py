@@ -686,6 +686,12 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
         checkpoint = ckpt.read_checkpoint(out / "checkpoint") if resume else None  # damaged state refused before loading
         with _precision_scope(cfg.precision, device):  # process-global TF32 switches, restored when the run ends
             return _train(cfg, out, ddp, device, items, classnames, checkpoint)
+    except BaseException:
+        lock.release()
+        if ddp.main:
+            with contextlib.suppress(OSError):  # a run that failed before writing anything leaves no empty folder
+                out.rmdir()
+        raise
     finally:
         lock.release()
         ddp.close()
