@@ -431,3 +431,12 @@ def test_the_decode_budget_is_a_share_of_the_available_memory_per_local_process(
         pytest.skip("this kernel does not report MemAvailable")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert engine._decode_budget() == pytest.approx(budget / 4, rel=0.05)  # MemAvailable moves a little meanwhile
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # made, never iterated: no process starts
+def test_loaders_start_no_more_workers_than_they_have_batches():
+    cfg = RunConfig(dataset="x", root="r", output_dir="o", num_workers=8, batch_size=4, eval_batch_size=100)
+    assert engine._loader(list(range(250)), cfg, train=False).num_workers == 3
+    assert engine._loader(list(range(12)), cfg, train=True).num_workers == 3
+    assert engine._loader(list(range(4000)), cfg, train=True).num_workers == 8
+    assert engine._loader([], cfg, train=False).num_workers == 0

@@ -382,10 +382,12 @@ def _loader(dataset, cfg: RunConfig, *, train: bool, epoch: int = 0, ddp: _Dist 
 
     workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
     pin = device is not None and device.type == "cuda"  # page-locked: the copy runs asynchronously
-    if not train:
+    if not train:  # no more workers than batches: a small val set is not worth starting 15 processes for
+        workers = min(workers, math.ceil(len(dataset) / cfg.eval_batch_size))
         return DataLoader(dataset, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
     rank, world = (ddp.rank, ddp.world) if ddp is not None else (0, 1)
     batches = GlobalBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank, world=world, tag_epoch=True)
+    workers = min(workers, len(batches))
     return DataLoader(
         dataset,
         batch_sampler=batches,
@@ -780,7 +782,7 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         record |= _epoch(method, ddp_method, loader, optimizer, scaler, cfg, device, epoch, ddp)
         with warnings.catch_warnings():  # fp16: GradScaler may skip a step; the schedule is per epoch anyway
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\(\)` before")
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             scheduler.step()
         record["seconds"] = time.perf_counter() - t0
         if val_set is not None:  # every rank scores its share of the val images, with rank 0's state
