@@ -344,8 +344,13 @@ def write_results(
     checks: list[Check],
     data: dict[str, Any],
     notes: list[str] = (),
+    method: str | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``{cpu,gpu}[_smoke]_{name}.json`` and ``.md`` under ``args.output_dir``; print the checks."""
+    """Write ``{cpu,gpu}[_smoke]_{name}.json`` and ``.md`` under ``args.output_dir``; print the checks.
+
+    ``method`` says how the numbers were measured, where the default sentence (warm-up + timed
+    steps per variant, interleaved, medians) does not fit.
+    """
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prefix = ("gpu" if str(args.device).startswith("cuda") else "cpu") + ("_smoke" if args.smoke else "")
@@ -370,7 +375,8 @@ def write_results(
     json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     lines = [f"## {title}", ""]
     where = info.get("gpu") if str(args.device).startswith("cuda") else f"{info['cpu']}, {info['cpu_count']} cores, {info['torch_threads']} torch threads"
-    lines += [f"Device `{args.device}` ({where}); torch {info['torch']}; {args.warmup} warm-up + {args.steps} timed steps per variant, interleaved; times in ms, median (min–max); ratios of medians, and of minimums where shown." + (" **Smoke sizes: not a measurement.**" if args.smoke else ""), ""]
+    method = method or f"{args.warmup} warm-up + {args.steps} timed steps per variant, interleaved; times in ms, median (min–max); ratios of medians, and of minimums where shown."
+    lines += [f"Device `{args.device}` ({where}); torch {info['torch']}; {method}" + (" **Smoke sizes: not a measurement.**" if args.smoke else ""), ""]
     for heading, (cols, rows) in tables.items():
         if heading:
             lines += [f"**{heading}**", ""]

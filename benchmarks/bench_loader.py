@@ -105,7 +105,7 @@ def device_images_per_s(dataset, batch: int, device: torch.device, batches: int,
     flops = 0.0
     for x in made:
         for g in getattr(x, "groups", ()):
-            n, _, h_in, w_in = g.pixels.shape
+            n, (h_in, w_in) = len(g.shapes), (max(d) for d in zip(*g.shapes))  # padded where the batch lands
             h, w = x.size
             first = h_in * w_in * w + h_in * w * h if g.horizontal_first else h_in * w_in * h + h * w_in * w
             flops += n * 3 * first
@@ -202,6 +202,8 @@ def main() -> None:
             "step": (["CoOp + TextRefiner step (ViT-B/16 shapes, 100 classes)", "images/s"], [[f"batch {batch if args.smoke else 8} on {device}", f"{step:.1f}"]]),
         },
         checks=checks,
+        method=f"images/s are medians of {repeats} epoch(s) per way and worker count (after one epoch that starts the workers), "
+        f"of {repeats} pass(es) for the steady and device rates; the step: {args.warmup} warm-up + {args.steps} timed steps, median.",
         data={"rates": rates, "landed_images_per_s": {v: landed[v][0] for v in landed}, "resize_multiply_adds_per_image": flops,
               "decode_once_seconds": decode_s, "startup_seconds": {f"{k[0]}, W={k[1]}": v for k, v in startup.items()}, "images": n_images, "step_images_per_s": step, "cpus": cpus},
         notes=[

@@ -11,10 +11,11 @@ shared by every epoch and, through ``fork``, by every loader worker. Two ways to
   yields uint8 batches (B, 3, h, w) and :meth:`DecodedImageDataset.batch_transform` rescales
   and normalises them where they land.
 * ``augment_on="device"``: a worker only draws the crop and flip and cuts the crop out of the
-  kept pixels; the loader yields a :class:`CropBatch` (the crops padded to (B, 3, H, W) uint8,
-  each crop's resampling weights, the flips) and ``batch_transform`` resizes the whole batch
-  with two matrix products on the device (``resample.py``: Pillow's arithmetic, bit for bit),
-  flips and normalises it. Workers then do almost nothing, so a GPU needs few of them.
+  kept pixels; the loader yields a :class:`CropBatch` (the crops' uint8 pixels unpadded, each
+  crop's resampling weights, the flips) and ``batch_transform`` pads them to (B, 3, H, W) and
+  resizes the whole batch with two matrix products on the device (``resample.py``: Pillow's
+  arithmetic, bit for bit), flips and normalises it. Workers then do almost nothing, so a GPU
+  needs few of them.
 
 Both give the PIL path's batches bit for bit. Random numbers come from a generator seeded with
 ``(seed, epoch, index)``: the augmentation of every image is a pure function of those three,
@@ -31,6 +32,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
@@ -106,15 +108,28 @@ def _size(nbytes: float) -> str:
 
 @dataclass(frozen=True)
 class CropGroup:
-    """Crops resized in one product: same pass order, padded to the group's largest crop."""
+    """Crops resized in one product (the same pass order), sent as they are cut, without padding.
+
+    Few tensors and no padding: each tensor costs a hand-over from a loader worker, and padding
+    the crops to the largest would send about twice the bytes.
+    """
 
     rows: torch.Tensor  # (n,) int64: the crops' places in the batch
-    pixels: torch.Tensor  # (n, 3, H, W) uint8, each crop in the top-left corner, zeros around
-    height_weights: torch.Tensor  # (n, h, Ky) float64, resample.coefficients of the crops' heights
-    height_start: torch.Tensor  # (n, h) int64
-    width_weights: torch.Tensor  # (n, w, Kx) float64
-    width_start: torch.Tensor  # (n, w) int64
+    pixels: torch.Tensor  # (sum of 3*h*w,) uint8: each crop's (3, h, w) pixels, one after another
+    shapes: tuple[tuple[int, int], ...]  # each crop's (h, w): host numbers, so unpacking needs no sync
+    weights: torch.Tensor  # (n, out_h + out_w, K) float64: resample.coefficients of the heights, then the widths
+    starts: torch.Tensor  # (n, out_h + out_w) int64: where each output pixel's window starts
     horizontal_first: bool
+
+    def padded(self) -> torch.Tensor:
+        """(n, 3, H, W) uint8 of the largest crop's size, each crop in its top-left corner, zeros around."""
+        h_max, w_max = (max(d) for d in zip(*self.shapes))
+        out = self.pixels.new_zeros((len(self.shapes), 3, h_max, w_max))
+        start = 0
+        for k, (h, w) in enumerate(self.shapes):  # copies placed by host numbers: no sync, one small copy each
+            out[k, :, :h, :w] = self.pixels[start : start + 3 * h * w].view(3, h, w)
+            start += 3 * h * w
+        return out
 
 
 @dataclass(frozen=True)
@@ -131,7 +146,7 @@ class CropBatch:
     size: tuple[int, int]  # (h, w)
 
     def _map(self, fn) -> CropBatch:
-        groups = tuple(replace(g, **{f.name: fn(getattr(g, f.name)) for f in fields(g) if f.name != "horizontal_first"}) for g in self.groups)
+        groups = tuple(replace(g, **{f.name: fn(v) for f in fields(g) if isinstance(v := getattr(g, f.name), torch.Tensor)}) for g in self.groups)
         return replace(self, groups=groups, flip=fn(self.flip))
 
     def pin_memory(self) -> CropBatch:
@@ -219,22 +234,25 @@ class DecodedImageDataset(Dataset):
         return image[:, top : top + h, left : left + w], flip, label
 
     def collate(self, samples: list[tuple[torch.Tensor, bool, int]]) -> tuple[CropBatch, torch.Tensor]:
-        """Device-augmentation samples -> ``(CropBatch, labels (B,))``: crops padded per group,
-        grouped by Pillow's pass order, split so no group's float64 pixels pass ``CHUNK_BYTES``."""
+        """Device-augmentation samples -> ``(CropBatch, labels (B,))``: crops grouped by Pillow's
+        pass order, split so no group's padded float64 pixels pass ``CHUNK_BYTES``."""
         crops, flips, labels = zip(*samples)
         out_h, out_w = self.transform.size
-        order = [resample.horizontal_first(tuple(c.shape[1:]), (out_h, out_w)) for c in crops]
+        shapes = [tuple(c.shape[1:]) for c in crops]
+        order = [resample.horizontal_first(shape, (out_h, out_w)) for shape in shapes]
         groups = []
         for first in (True, False):
-            members = [i for i in range(len(crops)) if order[i] == first]
-            for chunk in _chunks(members, [tuple(c.shape[1:]) for c in crops]):
-                sizes = torch.tensor([crops[i].shape[1:] for i in chunk])  # (n, 2)
-                pixels = torch.zeros((len(chunk), 3, *sizes.max(0).values.tolist()), dtype=torch.uint8)
-                for k, i in enumerate(chunk):
-                    pixels[k, :, : crops[i].shape[1], : crops[i].shape[2]] = crops[i]
-                height = resample.coefficients(sizes[:, 0], out_h, self.transform.resample)
-                width = resample.coefficients(sizes[:, 1], out_w, self.transform.resample)
-                groups.append(CropGroup(torch.tensor(chunk), pixels, *height, *width, first))
+            for chunk in _chunks([i for i in range(len(crops)) if order[i] == first], shapes):
+                pixels = torch.empty(sum(crops[i].numel() for i in chunk), dtype=torch.uint8)
+                start = 0
+                for i in chunk:
+                    pixels[start : start + crops[i].numel()].view(crops[i].shape).copy_(crops[i])
+                    start += crops[i].numel()
+                sizes = torch.tensor([shapes[i] for i in chunk])  # (n, 2)
+                (wh, sh), (ww, sw) = (resample.coefficients(sizes[:, a], n, self.transform.resample) for a, n in ((0, out_h), (1, out_w)))
+                taps = max(wh.shape[-1], ww.shape[-1])  # one table for both axes, the shorter padded with zero taps
+                weights = torch.cat([F.pad(wh, (0, taps - wh.shape[-1])), F.pad(ww, (0, taps - ww.shape[-1]))], dim=1)
+                groups.append(CropGroup(torch.tensor(chunk), pixels, tuple(shapes[i] for i in chunk), weights, torch.cat([sh, sw], 1), first))
         return CropBatch(tuple(groups), torch.tensor(flips), (out_h, out_w)), torch.tensor(labels)
 
     def batch_transform(self, x: torch.Tensor | CropBatch) -> torch.Tensor:
@@ -269,8 +287,10 @@ def _chunks(members: list[int], sizes: list[tuple[int, int]]) -> list[list[int]]
 
 def _resize_and_flip(batch: CropBatch) -> torch.Tensor:
     """(B, 3, h, w) float64 of Pillow's 8-bit values: every group resized, put back in place, flipped."""
-    device = batch.flip.device
-    out = torch.empty((len(batch), 3, *batch.size), dtype=torch.float64, device=device)
+    out_h = batch.size[0]
+    out = torch.empty((len(batch), 3, *batch.size), dtype=torch.float64, device=batch.flip.device)
     for g in batch.groups:  # one or two groups (Pillow's two pass orders), more only for huge crops
-        out[g.rows] = resample.resize(g.pixels, (g.height_weights, g.height_start), (g.width_weights, g.width_start), g.horizontal_first)
+        heights = (g.weights[:, :out_h], g.starts[:, :out_h])
+        widths = (g.weights[:, out_h:], g.starts[:, out_h:])
+        out[g.rows] = resample.resize(g.padded(), heights, widths, g.horizontal_first)
     return torch.where(batch.flip.view(-1, 1, 1, 1), out.flip(-1), out)  # flipped after the resize, as the PIL path does
