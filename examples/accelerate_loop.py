@@ -122,7 +122,10 @@ def main() -> None:
         refined = trained.eval().bake(text_emb)  # (C, d) refined class embeddings, computed once for inference
         accelerator.print(f"refined class embeddings: {tuple(refined.shape)}")
     refiner.detach()  # remove the hooks from CLIP
+    accelerator.wait_for_everyone()  # no process leaves while the main one still saves
     accelerator.end_training()
+    if torch.distributed.is_initialized():  # a clean shutdown of the process group (gloo can hang at exit without it)
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
