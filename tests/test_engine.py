@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -440,3 +441,15 @@ def test_loaders_start_no_more_workers_than_they_have_batches():
     assert engine._loader(list(range(12)), cfg, train=True).num_workers == 3
     assert engine._loader(list(range(4000)), cfg, train=True).num_workers == 8
     assert engine._loader([], cfg, train=False).num_workers == 0
+
+
+def test_max_prompts_may_change_on_resume_other_method_options_may_not():
+    def cfg(**options):
+        return RunConfig(dataset="eurosat", root="r", output_dir="o", method="cocoop", method_options=options)
+
+    saved = json.loads(json.dumps(dataclasses.asdict(cfg(ctx_init="a photo of a", max_prompts=64))))
+    assert engine._changed_settings(saved, cfg(ctx_init="a photo of a", max_prompts=8)) == []  # memory, not results
+    assert engine._changed_settings(saved, cfg(ctx_init="a photo of a")) == []
+    assert engine._changed_settings(saved, cfg(ctx_init="a photo of the", max_prompts=64)) == [
+        "method_options: {'ctx_init': 'a photo of a'} -> {'ctx_init': 'a photo of the'}"
+    ]

@@ -848,6 +848,10 @@ NOT_TRAINING = frozenset({
     "compile_mode",  # ... in whichever mode
     "augment_on",  # the workers and the device make the same pixels
 })
+# method_options entries that do not shape training either (compared without them)
+NOT_TRAINING_METHOD_OPTIONS = frozenset({
+    "max_prompts",  # CoCoOp's text pass in chunks: the same values, in less memory
+})
 
 
 def _changed_settings(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
@@ -861,8 +865,11 @@ def _changed_settings(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
             old = saved[f.name]
         else:  # a field the saved run predates: it ran with the default
             old = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if old != now[f.name]:
-            diffs.append(f"{f.name}: {old!r} -> {now[f.name]!r}")
+        new = now[f.name]
+        if f.name == "method_options" and isinstance(old, dict):
+            old, new = ({k: v for k, v in d.items() if k not in NOT_TRAINING_METHOD_OPTIONS} for d in (old, new))
+        if old != new:
+            diffs.append(f"{f.name}: {old!r} -> {new!r}")
     return diffs
 
 
