@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything a session lent a GPU should run, prepared as one command (about 8 minutes on one
-# H200; the device tool's `run` allows 10). From the repository root:
+# Everything a session lent a GPU should run, prepared as one command (at most 9 minutes: the
+# tests get 240 s, the benchmarks 300 s; the device tool's `run` allows 10). From the repository root:
 #
 #     bash benchmarks/gpu_check.sh
 #
