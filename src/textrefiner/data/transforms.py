@@ -170,11 +170,16 @@ class TrainTransform:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
 
+    def draw(self, width: int, height: int, generator: torch.Generator | None = None) -> tuple[tuple[int, int, int, int], bool]:
+        """One image's random numbers, in their order: the crop ``(top, left, h, w)``, then the flip."""
+        box = self.crop_box(width, height, generator=generator)
+        return box, torch.rand(1, generator=generator).item() < self.flip_p
+
     def augment(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         """Crop, resize and flip an RGB image: (3, h, w) uint8, not yet normalised."""
-        top, left, h, w = self.crop_box(*image.size, generator=generator)
+        (top, left, h, w), flip = self.draw(*image.size, generator=generator)
         image = image.crop((left, top, left + w, top + h)).resize((self.size[1], self.size[0]), resample=self.resample)
-        if torch.rand(1, generator=generator).item() < self.flip_p:
+        if flip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return _pil_to_uint8(image)
 
