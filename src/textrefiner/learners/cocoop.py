@@ -100,6 +100,11 @@ class CoCoOp(PromptLearner):
         """
         return self.encoder.encode(self.context(image_features)[:, None])  # (B, 1, n, w) -> (B, C, d)
 
+    @property
+    def images_per_pass(self) -> int:
+        """Images whose C prompts share one text pass: ``max(1, max_prompts // C)`` (never less than one image)."""
+        return max(1, self.max_prompts // self.encoder.num_classes)
+
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
         """``scale * norm(image_b) @ norm(text_b).T`` per image, plus SigLIP's bias: (B, d) -> (B, C).
 
@@ -111,9 +116,8 @@ class CoCoOp(PromptLearner):
             ValueError: ``image_features`` is not (B, d).
         """
         self._check_images(image_features)
-        chunk = max(1, self.max_prompts // self.encoder.num_classes)
         out = []
-        for part in image_features.split(chunk):
+        for part in image_features.split(self.images_per_pass):
             text = F.normalize(self.text_features(part), dim=-1)  # (b, C, d)
             image = F.normalize(part, dim=-1).to(text.dtype)  # (b, d)
             out.append(torch.einsum("bd,bcd->bc", image, text))

@@ -118,8 +118,8 @@ class CoCoOpMethod(Method):
         b, c = images.shape[0], self.learner.encoder.num_classes
         if b * c <= self.learner.max_prompts:
             return self.learner.text_features(images)  # (B, C, d), one pass
-        chunk = max(1, self.learner.max_prompts // c)  # whole images; one image even when C > max_prompts
-        parts = [checkpoint(self.learner.text_features, part, use_reentrant=False) for part in images.split(chunk)]
+        chunks = images.split(self.learner.images_per_pass)  # whole images; one image even when C > max_prompts
+        parts = [checkpoint(self.learner.text_features, part, use_reentrant=False) for part in chunks]
         return torch.cat(parts)  # (B, C, d)
 
     def training_step(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> StepOutput:
@@ -159,9 +159,8 @@ class CoCoOpMethod(Method):
         if self.refiner is None:
             return self.learner.logits(images)
         scale = logit_scale(self.model)
-        chunk = max(1, self.learner.max_prompts // self.learner.encoder.num_classes)
         out = []
-        for part in images.split(chunk):
+        for part in images.split(self.learner.images_per_pass):
             text = F.normalize(self.learner.text_features(part), dim=-1)  # (b, C, d)
             b, c, d = text.shape
             refined = self.refiner.bake(text.reshape(b * c, d)).view(b, c, d)  # per image: text depends on it
