@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from textrefiner.data import resample
+from textrefiner.data.transforms import _pil_to_uint8
 
 FILTERS = [Image.Resampling.BICUBIC, Image.Resampling.BILINEAR, Image.Resampling.BOX]
 
@@ -17,8 +18,7 @@ def _pillow(pixels: torch.Tensor, out_hw: tuple[int, int], filt) -> torch.Tensor
     """(3, H, W) uint8 resized by Pillow -> (3, h, w) uint8."""
     _, h, w = pixels.shape
     image = Image.frombytes("RGB", (w, h), pixels.permute(1, 2, 0).contiguous().numpy().tobytes())
-    out = image.resize((out_hw[1], out_hw[0]), resample=filt)
-    return torch.frombuffer(bytearray(out.tobytes()), dtype=torch.uint8).view(out_hw[0], out_hw[1], 3).permute(2, 0, 1)
+    return _pil_to_uint8(image.resize((out_hw[1], out_hw[0]), resample=filt))
 
 
 def _ours(images: list[torch.Tensor], out_hw: tuple[int, int], filt) -> list[torch.Tensor]:

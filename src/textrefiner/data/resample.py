@@ -29,6 +29,8 @@ import math
 import torch
 from PIL import Image
 
+from .transforms import _pil_to_uint8
+
 PRECISION_BITS = 22  # Pillow's fixed point for 8-bit images: 32 - 8 - 2 bits
 
 
@@ -146,8 +148,7 @@ def pass_order() -> str | None:
     g = torch.Generator().manual_seed(0)
     probe = torch.randint(0, 256, (3, 40, 9), dtype=torch.uint8, generator=g)  # the height shrinks, the width grows
     image = Image.frombytes("RGB", (9, 40), probe.permute(1, 2, 0).contiguous().numpy().tobytes())
-    wanted = image.resize((16, 7), resample=Image.Resampling.BICUBIC)
-    wanted = torch.frombuffer(bytearray(wanted.tobytes()), dtype=torch.uint8).view(7, 16, 3).permute(2, 0, 1)
+    wanted = _pil_to_uint8(image.resize((16, 7), resample=Image.Resampling.BICUBIC))
     rows = coefficients(torch.tensor([40]), 7, Image.Resampling.BICUBIC)
     cols = coefficients(torch.tensor([9]), 16, Image.Resampling.BICUBIC)
     for order, first in (("shrink", False), ("horizontal", True)):
