@@ -23,7 +23,6 @@ TextRefiner training step (ViT-B/16 shapes, 100 classes) on the device, as image
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
@@ -37,6 +36,7 @@ ensure_importable()
 
 from torch.utils.data import DataLoader, default_collate  # noqa: E402
 
+from textrefiner._machine import available_cpus  # noqa: E402
 from textrefiner.data import DecodedImageDataset, ImageDataset, Item, TrainTransform  # noqa: E402
 from textrefiner.data.transforms import _Normalise  # noqa: E402
 from textrefiner.methods.coop import CoOpMethod  # noqa: E402
@@ -154,7 +154,7 @@ def main() -> None:
     device = resolve(args, warmup=1, steps=3, gpu_warmup=5, gpu_steps=20)
     n_images, size, batch, repeats = (16, (64, 48), 4, 1) if args.smoke else (512, (500, 375), 32, 3)
     out_hw = (32, 32) if args.smoke else (224, 224)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = available_cpus()
     worker_counts = sorted({1, 2, cpus}) if not args.smoke else [1]  # the engine always loads in workers
     transform = TrainTransform(out_hw, resample=3, normalise=_Normalise(1 / 255, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)))
     device_batches = 2 if args.smoke else (16 if device.type == "cuda" else 4)  # CPU float64 products are slow: fewer

@@ -34,6 +34,7 @@ from . import _checkpoint as ckpt
 from . import _rundir
 from ._errors import RunError, read_json_object
 from ._io import atomic_write_text
+from ._machine import available_cpus
 from ._names import COMPILE_MODES
 from .methods import METHODS, build_method
 from .methods._base import Method
@@ -362,9 +363,8 @@ def default_num_workers() -> int:
 
     benchmarks/bench_loader.py measures what one worker delivers (README, "Feeding a GPU").
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(0, min(16, cpus // max(local, 1) - 1))
+    return max(0, min(16, available_cpus() // max(local, 1) - 1))
 
 
 def _loader(dataset, cfg: RunConfig, *, train: bool, epoch: int = 0, ddp: _Dist | None = None, device: torch.device | None = None) -> DataLoader:

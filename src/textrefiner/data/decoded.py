@@ -25,7 +25,6 @@ whatever the worker count, batch order, device or resume.
 from __future__ import annotations
 
 import itertools
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
+from .._machine import available_cpus
 from . import resample
 from .image_dataset import sample_seed
 from .item import Item
@@ -91,8 +91,7 @@ def decode_all(paths: Sequence[str], max_side: int | None = None, *, as_tensors:
 
 def _decode_threads() -> int:
     """Threads that decode: the CPUs this process may use, at most 32."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(32, cpus))
+    return max(1, min(32, available_cpus()))
 
 
 def _nbytes(image) -> int:
@@ -229,8 +228,7 @@ class DecodedImageDataset(Dataset):
         if self.augment_on == "workers":
             return self.transform.augment(self.images[index], generator), label
         image = self.images[index]
-        top, left, h, w = self.transform.crop_box(image.shape[2], image.shape[1], generator)  # the draws of augment()
-        flip = torch.rand(1, generator=generator).item() < self.transform.flip_p
+        (top, left, h, w), flip = self.transform.draw(image.shape[2], image.shape[1], generator)  # augment()'s draws
         return image[:, top : top + h, left : left + w], flip, label
 
     def collate(self, samples: list[tuple[torch.Tensor, bool, int]]) -> tuple[CropBatch, torch.Tensor]:
