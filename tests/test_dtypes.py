@@ -13,9 +13,10 @@ from textrefiner.methods import build_method
 CLASSES = ["cat", "dog", "car"]
 
 
-def _method(name: str, dtype: torch.dtype):
-    options = dict(teacher=tiny_clip(seed=1).to(dtype), teacher_tokenizer=tiny_tokenizer()) if name == "promptkd" else {}
-    return build_method(name, tiny_clip().to(dtype), tiny_tokenizer(), CLASSES, **options).train()
+def _method(name: str, dtype: torch.dtype, device: str = "cpu"):
+    """A method on ``device``: the frozen models move first (a method holds them by reference, so ``.to`` leaves them)."""
+    options = dict(teacher=tiny_clip(seed=1).to(device, dtype), teacher_tokenizer=tiny_tokenizer()) if name == "promptkd" else {}
+    return build_method(name, tiny_clip().to(device, dtype), tiny_tokenizer(), CLASSES, **options).train().to(device)
 
 
 @pytest.mark.parametrize("name", ["coop", "cocoop", "maple", "promptkd"])
@@ -136,7 +137,7 @@ def test_cast_once_is_bit_identical_to_autocasts_cast_at_every_use(name, dtype, 
     """Casting the frozen matmul weights once changes speed, never a bit: the same two training steps."""
     def seeded():
         torch.manual_seed(0)
-        return _method(name, torch.float32).to(device)
+        return _method(name, torch.float32, device)
 
     plain, cast = seeded(), seeded()
     cast.cast_frozen(dtype)

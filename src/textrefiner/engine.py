@@ -789,7 +789,8 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
             with _rank0_state(method, ddp):
                 record["val_acc"] = evaluate(method, val_set, val_classnames, cfg, device, desc="val", ddp=ddp)
             if val_classnames != classnames:  # back to the training classes (unlabelled PromptKD trains on all)
-                method.prepare_eval(classnames)
+                with _autocast(device, cfg.precision):  # the frozen weights may be stored in the autocast dtype
+                    method.prepare_eval(classnames)
             if best["val_acc"] is None or record["val_acc"] > best["val_acc"]:  # strictly better: the first best is kept
                 best = {"epoch": epoch + 1, "val_acc": record["val_acc"]}  # the same on every rank
                 if ddp.main:

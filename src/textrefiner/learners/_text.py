@@ -371,7 +371,8 @@ class PromptedTextEncoder(nn.Module):
 
         config = self.parts.tower.config
         if self.layout.causal:  # sdpa and flash attention get is_causal=True and no mask; eager a 4-D mask
-            return create_causal_mask(config=config, inputs_embeds=x, attention_mask=None, cache=None), {"is_causal": True}
+            # The empty cache goes by position: transformers 5.x renamed that argument from `past_key_values` to `cache`.
+            return create_causal_mask(config, x, None, None), {"is_causal": True}
         return create_bidirectional_mask(config=config, inputs_embeds=x, attention_mask=None), {}
 
 
