@@ -91,13 +91,16 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-datasets", nargs="*", default=[], help="cross-dataset / domain-generalisation targets, tested after training on all classes (--subsample all) (default: none)")
     p.add_argument("--n-ctx", type=int, default=None, help="context tokens (default: from --ctx-init, else 4)")
     p.add_argument("--ctx-init", default="a photo of a", help='context initialisation words; "" for random')
-    p.add_argument("--prompt-depth", type=int, default=None, help="MaPLe / PromptKD: layers with prompts (default: 9 of 12, 3/4 of the depth)")
+    p.add_argument("--prompt-depth", type=int, default=None, help="MaPLe / PromptKD / PromptSRC: layers with prompts (default: 9 of 12, 3/4 of the depth)")
     p.add_argument("--class-specific", action="store_true", help="CoOp: one context per class (CSC, class-specific context)")
     p.add_argument(
         "--max-prompts", type=int, default=None,
         help="CoCoOp: the most (image, class) prompts per text pass; a bigger batch runs in chunks of whole images with "
         "activation checkpointing, the same results in less memory (default: 4096)",
     )
+    p.add_argument("--gpa-mean", type=float, default=None, help="PromptSRC: mean epoch of the Gaussian prompt aggregation (default: 15)")
+    p.add_argument("--gpa-std", type=float, default=None, help="PromptSRC: its standard deviation in epochs (default: 1)")
+    p.add_argument("--kg-weight", type=float, default=None, help="KgCoOp: W, the weight of 1 - cos(prompted, hand-made prompt) (default: 8)")
     p.add_argument("--teacher", default=None, help="PromptKD: teacher model id or folder (default: none; required for promptkd)")
     p.add_argument(
         "--kd-weight", type=float, default=None,
@@ -125,6 +128,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 _OPTION_OF_FLAG = {
     "n_ctx": "method_options.n_ctx", "ctx_init": "method_options.ctx_init", "class_specific": "method_options.class_specific",
     "prompt_depth": "method_options.prompt_depth", "max_prompts": "method_options.max_prompts", "cache_size": "refiner_options.cache_size",
+    "gpa_mean": "method_options.gpa_mean", "gpa_std": "method_options.gpa_std", "kg_weight": "method_options.kg_weight",
     "alpha": "refiner_options.alpha", "semantic_weight": "refiner_options.semantic_weight",
     "regularization_weight": "refiner_options.regularization_weight", "sync_batchnorm": "refiner_options.sync_batchnorm",
     "no_progress": "progress",
@@ -153,6 +157,9 @@ def _run_config(args: argparse.Namespace):
         method_options["class_specific"] = True
     if args.max_prompts is not None:
         method_options["max_prompts"] = args.max_prompts
+    for name in ("gpa_mean", "gpa_std", "kg_weight"):
+        if getattr(args, name) is not None:
+            method_options[name] = getattr(args, name)
     refiner = {
         k: getattr(args, k)
         for k in ("cache_size", "alpha", "semantic_weight", "regularization_weight")

@@ -152,7 +152,7 @@ class RunConfig:
             raise ValueError(f"`max_prompts` should be a positive int, got {max_prompts!r}")
         if max_prompts is not None and self.method != "cocoop":
             raise ValueError(f"--max-prompts bounds CoCoOp's per-image text pass; --method {self.method} has none")
-        if self.method in ("coop", "cocoop") and n_ctx is not None and ctx_init and n_ctx != len(ctx_init.split()):
+        if self.method in ("coop", "cocoop", "kgcoop") and n_ctx is not None and ctx_init and n_ctx != len(ctx_init.split()):
             raise ValueError(f"--n-ctx {n_ctx} does nothing with --ctx-init {ctx_init!r}: {self.method}'s context is then those "
                              f"{len(ctx_init.split())} words; give --ctx-init \"\" for {n_ctx} random context vectors, or drop --n-ctx")
         if self.eval_datasets and self.subsample != "all":  # base-to-novel tests base and novel only
@@ -165,6 +165,23 @@ class RunConfig:
                 get_dataset_info(name)
         if (self.unlabeled or self.unlabeled_root) and self.method != "promptkd":
             raise ValueError(f"unlabelled training needs a method that learns without labels (promptkd), got {self.method}")
+        self._check_gpa()
+
+    def _check_gpa(self) -> None:
+        """PromptSRC's GPA must weight some epoch of this run; its and KgCoOp's options belong to their methods alone."""
+        if "kg_weight" in self.method_options and self.method != "kgcoop":
+            raise ValueError(f"--kg-weight only acts on --method kgcoop, got --method {self.method}")
+        given = sorted(k for k in ("gpa_mean", "gpa_std") if k in self.method_options)
+        if given and self.method != "promptsrc":
+            raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)} only act on --method promptsrc, got --method {self.method}")
+        if self.method == "promptsrc":
+            from .gpa import gpa_weights
+
+            options = {"gpa_mean": 15.0, "gpa_std": 1.0} | {k: self.method_options[k] for k in given}
+            try:
+                gpa_weights(options["gpa_mean"], options["gpa_std"], self.epochs)
+            except ValueError as err:
+                raise ValueError(str(err).replace("`gpa_mean`", "--gpa-mean").replace("`gpa_std`", "--gpa-std")) from None
 
     def _check_numbers(self) -> None:
         """Every int field an int, every float field a finite number (nan/inf refused), None only where allowed."""
@@ -781,6 +798,7 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
         loader.batch_sampler.set_epoch(epoch)  # order and augmentations drawn from (seed, epoch, index): exact on resume
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         record |= _epoch(method, ddp_method, loader, optimizer, scaler, cfg, device, epoch, ddp)
+        method.end_epoch(epoch + 1, cfg.epochs)  # PromptSRC's GPA: its sum is method state, so the checkpoint holds it
         with warnings.catch_warnings():  # fp16: GradScaler may skip a step; the schedule is per epoch anyway
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             scheduler.step()
