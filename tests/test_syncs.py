@@ -16,7 +16,7 @@ from textrefiner.testing import tiny_clip, tiny_tokenizer
 from textrefiner.methods import build_method
 
 CLASSES = ["cat", "dog", "car"]
-METHODS = ["coop", "cocoop", "maple", "promptkd"]
+METHODS = ["coop", "cocoop", "kgcoop", "maple", "promptkd", "promptsrc"]
 
 
 def _method(name: str, refine: bool, device: str = "cpu"):
