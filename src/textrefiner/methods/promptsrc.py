@@ -140,12 +140,23 @@ class PromptSRCMethod(TextClassifierMethod):
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.learner.image_features(pixel_values)  # with grad: the vision prompts train
 
+    @torch.no_grad()
+    def _frozen_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, d) normalised features of the unprompted tower (PromptSRC's frozen image encoder)."""
+        if self.refiner is not None:  # its capture sees this pass too (overwritten by the prompted one): no prompts to slice
+            bind_refiner(self.refiner, 0)
+        try:
+            with self.learner.frozen():
+                return F.normalize(image_features(self.model, pixel_values).float(), dim=-1)
+        finally:
+            if self.refiner is not None:
+                bind_refiner(self.refiner, self.learner.num_vision_tokens)
+
     def training_step(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         if self.learner.classnames != self._frozen_classes:  # trained on other classes than at build: once per change
             self.frozen_text = self._frozen_text(self.learner.classnames).to(pixel_values.device)
         scale = logit_scale(self.model)
-        with torch.no_grad(), self.learner.frozen():  # first: the prompted forward after it feeds TextRefiner
-            frozen_images = F.normalize(image_features(self.model, pixel_values).float(), dim=-1)  # (B, d)
+        frozen_images = self._frozen_images(pixel_values)  # (B, d); first: the prompted forward after it feeds TextRefiner
         images = self.image_features(pixel_values)  # (B, d)
         text = self.text_embeddings()  # (C, d)
         refined = text if self.refiner is None else self.refiner.refine(text, self.refiner.local_tokens)
