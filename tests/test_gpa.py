@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from textrefiner.gpa import GaussianPromptAggregation, gpa_weights
+from textrefiner.methods.gpa import GaussianPromptAggregation, gpa_weights
 
 
 def test_weights_are_the_normalised_gaussian_density_over_epochs_1_to_E():

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from textrefiner import engine
 from textrefiner.cli import main
 from textrefiner.engine import RunConfig
-from textrefiner.gpa import GaussianPromptAggregation, gpa_weights
+from textrefiner.methods.gpa import GaussianPromptAggregation, gpa_weights
 from textrefiner.learners.promptsrc import IVLP
 from textrefiner.learners.templates import IMAGENET_TEMPLATES
 from textrefiner.methods import build_method

@@ -175,7 +175,7 @@ class RunConfig:
         if given and self.method != "promptsrc":
             raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)} only act on --method promptsrc, got --method {self.method}")
         if self.method == "promptsrc":
-            from .gpa import gpa_weights
+            from .methods.gpa import gpa_weights
 
             options = {"gpa_mean": 15.0, "gpa_std": 1.0} | {k: self.method_options[k] for k in given}
             try:

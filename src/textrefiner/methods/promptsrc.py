@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..gpa import GaussianPromptAggregation
+from .gpa import GaussianPromptAggregation
 from ..learners._vision import bind_refiner
 from ..learners.promptsrc import IVLP
 from ..learners.templates import IMAGENET_TEMPLATES, frozen_text_features
