@@ -65,3 +65,18 @@ def test_bad_options_are_refused():
         _build("kgcoop", template="a photo")
     with pytest.raises(ValueError, match="--kg-weight only acts on --method kgcoop"):
         RunConfig(dataset="eurosat", root="r", output_dir="o", method="maple", method_options={"kg_weight": 2.0})
+
+
+@pytest.mark.parametrize("family", ["CLIPModel", "MetaClip2Model", "SiglipModel"])
+def test_every_text_family_starts_at_zero_guidance_and_trains(family):
+    """The hand-made prompt is tokenised as the family is used (SigLIP: padded to 64), so it equals the prompted start."""
+    from test_text_encoder import tiny_text_model, tokenizer_for
+
+    torch.manual_seed(0)
+    model = tiny_text_model(family)
+    method = build_method("kgcoop", model, tokenizer_for(family), CLASSES, textrefiner=True).train()
+    size = model.config.vision_config.image_size
+    out = method(torch.randn(2, 3, size, size), torch.tensor([0, 1]))
+    assert float(out.parts["kg"]) == pytest.approx(0, abs=1e-5)
+    out.loss.backward()
+    assert method.learner.ctx.grad is not None

@@ -212,3 +212,19 @@ def test_bad_gpa_settings_are_refused_before_training(tmp_path, capsys, extra, m
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("family", ["CLIPModel", "MetaClip2Model"])
+def test_every_cls_family_trains_and_its_frozen_pass_is_the_plain_model(family):
+    from test_text_encoder import tiny_text_model, tokenizer_for
+
+    model, twin = tiny_text_model(family), tiny_text_model(family)
+    torch.manual_seed(0)
+    method = build_method("promptsrc", model, tokenizer_for(family), CLASSES, textrefiner=True).train()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        plain = F.normalize(_features(twin.get_image_features(pixel_values=x)).float(), dim=-1)
+    torch.testing.assert_close(method._frozen_images(x), plain, rtol=0, atol=0)
+    out = method(x, torch.tensor([0, 1]))
+    out.loss.backward()
+    assert all(p.grad is not None for p in method.learner.vision_prompts)

@@ -85,12 +85,13 @@ def frozen_text_features(
         check_template(t, "templates")
     weight = next(model.parameters())
     dtype = torch.promote_types(weight.dtype, torch.float32)
-    padding = "max_length" if "Siglip" in type(model).__name__ else True  # SigLIP was trained on fixed-length text
+    siglip = "Siglip" in type(model).__name__  # trained on fixed-length text without a padding mask
     texts = [t.format(c) for c in classnames for t in templates]  # class-major: (C * K,)
     parts = []
     for start in range(0, len(texts), chunk):
-        inputs = tokenizer(texts[start : start + chunk], padding=padding, truncation=True, return_tensors="pt").to(weight.device)
-        out = model.get_text_features(**inputs)
+        inputs = tokenizer(texts[start : start + chunk], padding="max_length" if siglip else True, truncation=True, return_tensors="pt")
+        inputs = {"input_ids": inputs["input_ids"]} if siglip else dict(inputs)
+        out = model.get_text_features(**{k: v.to(weight.device) for k, v in inputs.items()})
         parts.append((out.pooler_output if hasattr(out, "pooler_output") else out).to(dtype))
     features = torch.cat(parts)  # (C * K, d)
     return features.view(len(classnames), len(templates), -1).mean(dim=1)  # (C, d)
