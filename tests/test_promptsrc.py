@@ -228,3 +228,10 @@ def test_every_cls_family_trains_and_its_frozen_pass_is_the_plain_model(family):
     out = method(x, torch.tensor([0, 1]))
     out.loss.backward()
     assert all(p.grad is not None for p in method.learner.vision_prompts)
+
+
+def test_auto_selection_tests_the_last_epoch_where_the_aggregate_is():
+    base = dict(dataset="eurosat", root="r", output_dir="o")
+    assert RunConfig(**base, method="promptsrc").select == "last"
+    assert RunConfig(**base, method="promptsrc", select="best-val").select == "best-val"  # asked for: kept
+    assert RunConfig(**base, method="coop").select == "best-val"

@@ -72,7 +72,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--select", default="auto", choices=["auto", "best-val", "last"],
         help="model selection: best-val scores the val split after every epoch and tests the first epoch with the best "
         "accuracy (the release's base-to-novel choice); last tests the last epoch (cross-dataset); auto: best-val unless "
-        "--subsample all",
+        "--subsample all or --method promptsrc (its GPA aggregate is the last epoch)",
     )
     p.add_argument(
         "--val-split", default="val", choices=["val", "test"],

@@ -66,7 +66,7 @@ class RunConfig:
     kd_weight: float | None = None  # PromptKD's KD_W; None: the release's value for the dataset (1000; 200 for aircraft, flowers, dtd)
     progress: bool = True  # tqdm progress bars
     # best-val: evaluate after every epoch and keep the first epoch with the strictly best val accuracy
-    # (the release's FINAL_MODEL best_val); last: the last epoch; auto: best-val unless subsample is all
+    # (the release's FINAL_MODEL best_val); last: the last epoch; auto: best-val unless subsample is all or method promptsrc
     select: str = "auto"
     val_split: str = "val"  # what best-val scores: the few-shot val split (ImageNet: test), or the test split
     log_every: int = 20  # read losses (a host sync) once per this many steps, and at each epoch's end
@@ -74,8 +74,9 @@ class RunConfig:
     compile_mode: str | None = None  # with compile: torch.compile's mode, one of COMPILE_MODES (None: torch's default)
 
     def __post_init__(self) -> None:
-        if self.select == "auto":  # base-to-novel keeps the best val epoch; cross-dataset runs test the last
-            self.select = "last" if self.subsample == "all" else "best-val"
+        if self.select == "auto":  # base-to-novel keeps the best val epoch; cross-dataset runs test the last,
+            # and so does PromptSRC, whose Gaussian aggregate of every epoch is loaded after the last
+            self.select = "last" if self.subsample == "all" or self.method == "promptsrc" else "best-val"
         if self.select not in SELECTS:
             raise ValueError(f"`select` should be one of {', '.join(SELECTS)} (or auto), got {self.select!r}")
         if self.val_split not in VAL_SPLITS:
