@@ -313,3 +313,15 @@ def test_a_tf32_run_trains_with_tf32_matmuls_and_restores_the_switches(tiny_clip
     assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == matmul_switches
     assert math.isfinite(results["hm"])
     assert engine.RunConfig.load(tmp_path / "run").precision == "tf32"
+
+
+def test_promptsrc_terms_are_float32_under_bf16_autocast():
+    """The consistency terms are small L1 gaps between unit vectors: in bf16 they would round to a few values."""
+    method = _method("promptsrc", torch.float32)
+    method.cast_frozen(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = method(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    ours = {k: v.dtype for k, v in out.parts.items() if k == "cls" or k.startswith("scl_")}
+    assert out.logits.dtype == torch.float32 and set(ours.values()) == {torch.float32} and len(ours) == 4, ours
+    out.loss.backward()
+    assert torch.isfinite(out.loss)

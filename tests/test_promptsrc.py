@@ -199,11 +199,13 @@ def test_resume_in_the_middle_of_a_gpa_run_is_bit_identical(tiny_clip_dir, fake_
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--gpa-std", "0"], "--gpa-std should be positive, got 0.0"),
-        (["--gpa-std", "-2"], "--gpa-std should be positive"),
-        (["--gpa-mean", "1000", "--gpa-std", "0.5"], "--gpa-mean 1000.0 and --gpa-std 0.5 put no weight on any of the epochs 1 .. 2"),
+        (["--gpa-std", "0"], "`gpa_std` should be positive, got 0.0"),
+        (["--gpa-std", "-2"], "`gpa_std` should be positive"),
+        (["--gpa-mean", "1000", "--gpa-std", "0.5"], "`gpa_mean` 1000.0 and `gpa_std` 0.5 put no weight on any of the epochs 1 .. 2"),
+        (["--gpa-mean", "nan"], "`gpa_mean` should be a finite number, got nan"),
         (["--method", "coop", "--gpa-mean", "3"], "--gpa-mean only act on --method promptsrc, got --method coop"),
         (["--method", "coop", "--kg-weight", "3"], "--kg-weight only acts on --method kgcoop, got --method coop"),
+        (["--method", "kgcoop", "--kg-weight", "-1"], "`kg_weight` should be 0 or more, got -1.0"),
     ],
 )
 def test_bad_gpa_settings_are_refused_before_training(tmp_path, capsys, extra, message):

@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gpa import GaussianPromptAggregation
 from ..learners._vision import bind_refiner
 from ..learners.promptsrc import IVLP
 from ..learners.templates import IMAGENET_TEMPLATES, frozen_text_features
 from ._base import StepOutput, TextClassifierMethod, cosine_logits, image_features, logit_scale
+from .gpa import GaussianPromptAggregation
 
 TEXT_WEIGHT = 25.0  # TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT of every PromptSRC config
 IMAGE_WEIGHT = 10.0  # TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT
@@ -42,7 +42,7 @@ def consistency_losses(
     text: torch.Tensor, frozen_text: torch.Tensor, images: torch.Tensor, frozen_images: torch.Tensor,
     logits: torch.Tensor, frozen_logits: torch.Tensor, *, text_weight: float = TEXT_WEIGHT, image_weight: float = IMAGE_WEIGHT,
 ) -> dict[str, torch.Tensor]:
-    """PromptSRC's weighted self-regulating terms, on normalised features.
+    """PromptSRC's weighted self-regulating terms, on normalised features, computed in float32 (float64 for float64).
 
     Args:
         text, frozen_text: (C, d) prompted and frozen class embeddings, normalised.
@@ -53,12 +53,16 @@ def consistency_losses(
         ``{"scl_text": w_t * mean|text - frozen_text|, "scl_image": w_i * mean|images - frozen_images|,
         "scl_logits": sum KL(softmax(frozen_logits) || softmax(logits)) / (B * C)}``.
     """
-    kl = F.kl_div(F.log_softmax(logits, dim=-1), F.log_softmax(frozen_logits.to(logits.dtype), dim=-1), reduction="sum", log_target=True)
-    return {
-        "scl_text": text_weight * F.l1_loss(text, frozen_text.to(text.dtype)),
-        "scl_image": image_weight * F.l1_loss(images, frozen_images.to(images.dtype)),
-        "scl_logits": kl / logits.numel(),
-    }
+    dtype = torch.promote_types(text.dtype, torch.float32)  # bf16 features would round the small L1 gaps away
+    with torch.autocast(text.device.type, enabled=False):
+        text, frozen_text, images, frozen_images = (t.to(dtype) for t in (text, frozen_text, images, frozen_images))
+        logits, frozen_logits = logits.to(dtype), frozen_logits.to(dtype)
+        kl = F.kl_div(F.log_softmax(logits, dim=-1), F.log_softmax(frozen_logits, dim=-1), reduction="sum", log_target=True)
+        return {
+            "scl_text": text_weight * F.l1_loss(text, frozen_text),
+            "scl_image": image_weight * F.l1_loss(images, frozen_images),
+            "scl_logits": kl / logits.numel(),
+        }
 
 
 class PromptSRCMethod(TextClassifierMethod):
@@ -164,7 +168,7 @@ class PromptSRCMethod(TextClassifierMethod):
         frozen_logits = cosine_logits(scale, frozen_images, self.frozen_text)  # (B, C), no grad
         cls = F.cross_entropy(logits, labels)
         terms = consistency_losses(
-            text, self.frozen_text, F.normalize(images.to(logits.dtype), dim=-1), frozen_images, logits, frozen_logits,
+            text, self.frozen_text, F.normalize(images.float(), dim=-1), frozen_images, logits, frozen_logits,
             text_weight=self.text_weight, image_weight=self.image_weight,
         )
         loss, parts = cls + sum(terms.values()), {"cls": cls.detach()}

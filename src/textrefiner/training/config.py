@@ -146,8 +146,14 @@ class RunConfig:
 
     def _check_gpa(self) -> None:
         """PromptSRC's GPA must weight some epoch of this run; its and KgCoOp's options belong to their methods alone."""
+        for key in ("gpa_mean", "gpa_std", "kg_weight"):
+            value = self.method_options.get(key, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"`{key}` should be a finite number, got {value!r}")
         if "kg_weight" in self.method_options and self.method != "kgcoop":
             raise ValueError(f"--kg-weight only acts on --method kgcoop, got --method {self.method}")
+        if self.method_options.get("kg_weight", 0.0) < 0:
+            raise ValueError(f"`kg_weight` should be 0 or more, got {self.method_options['kg_weight']!r}")
         given = sorted(k for k in ("gpa_mean", "gpa_std") if k in self.method_options)
         if given and self.method != "promptsrc":
             raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)} only act on --method promptsrc, got --method {self.method}")
@@ -155,10 +161,7 @@ class RunConfig:
             from ..methods.gpa import gpa_weights
 
             options = {"gpa_mean": 15.0, "gpa_std": 1.0} | {k: self.method_options[k] for k in given}
-            try:
-                gpa_weights(options["gpa_mean"], options["gpa_std"], self.epochs)
-            except ValueError as err:
-                raise ValueError(str(err).replace("`gpa_mean`", "--gpa-mean").replace("`gpa_std`", "--gpa-std")) from None
+            gpa_weights(options["gpa_mean"], options["gpa_std"], self.epochs)  # raises naming `gpa_mean` / `gpa_std`
 
     def _check_numbers(self) -> None:
         """Every int field an int, every float field a finite number (nan/inf refused), None only where allowed."""
