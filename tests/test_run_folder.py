@@ -388,7 +388,12 @@ def test_table_refuses_a_run_given_twice_and_writes_where_told(tmp_path, capsys)
 
 
 # ---------------------------------------------------------------- disk full
-def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_clip_dir, fake_data_root, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("how", ["safetensors", "oserror"])
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(how, tiny_clip_dir, fake_data_root, tmp_path, capsys, monkeypatch):
+    """The second checkpoint save runs out of room partway: one line naming the folder and the space
+    needed, exit 2, the epoch 1 checkpoint whole; with room again, --resume gives the uninterrupted run's bytes."""
+    from safetensors import SafetensorError
+
     out = tmp_path / "run"
     original = ckpt.save_file
     count = {"n": 0}
@@ -397,12 +402,48 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_clip_dir, fak
         count["n"] += 1
         if count["n"] == 2:
             Path(path).write_bytes(b"partial")
+            if how == "safetensors":  # what safetensors raises on a full tmpfs
+                raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         return original(tensors, path, *a, **k)
 
     monkeypatch.setattr(ckpt, "save_file", full_on_second_save)
     assert main(_args(tiny_clip_dir, fake_data_root, out, "--epochs", "2")) == 2
     message = _error(capsys)
-    assert "No space left on device" in message and "the epoch 1 checkpoint is kept" in message
+    assert f"could not save the epoch 2 checkpoint in {out / 'checkpoint'}: no space left on the device of {out}" in message
+    assert "this write needs about " in message and " free now" in message and "the epoch 1 checkpoint is kept" in message
     assert ckpt.read_checkpoint(out / "checkpoint")[1]["epoch"] == 1
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temporary folder, no lock
+    monkeypatch.setattr(ckpt, "save_file", original)  # space freed
+    assert main(_args(tiny_clip_dir, fake_data_root, out, "--epochs", "2", "--resume")) == 0
+    whole = tmp_path / "whole"
+    assert main(_args(tiny_clip_dir, fake_data_root, whole, "--epochs", "2")) == 0
+    assert (out / "results.json").read_bytes() == (whole / "results.json").read_bytes()
+    for name in ("method.safetensors", "refiner/textrefiner.safetensors", "checkpoint/checkpoint.safetensors"):
+        a, b = load_file(str(out / name)), load_file(str(whole / name))  # (the header's key order is not fixed)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_disk_full_while_writing_any_run_file_is_one_line(tiny_clip_dir, fake_data_root, tmp_path, capsys, monkeypatch):
+    """best.safetensors, method.safetensors and the JSON files go through the same writers: one line, exit 2."""
+    from safetensors import SafetensorError
+
+    from textrefiner import _io
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(_io, "save_file", full)  # best.safetensors (best-val) is the first it writes
+    assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "a", "--select", "best-val")) == 2
+    assert f"no space left on the device of {tmp_path / 'a'}: this write needs about" in _error(capsys)
+    monkeypatch.undo()
+    real_replace = os.replace
+
+    def full_text(src, dst):
+        if str(dst).endswith("log.json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(_io.os, "replace", full_text)
+    assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "b")) == 2
+    assert f"no space left on the device of {tmp_path / 'b'}" in _error(capsys)

@@ -24,6 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ._errors import RunError, read_json_object
+from ._io import tensor_bytes
+from ._space import write_error
 
 TENSORS = "checkpoint.safetensors"
 STATE = "trainer_state.json"
@@ -185,11 +187,12 @@ def save_checkpoint(
         (tmp / COMPLETE).write_text(json.dumps({"epoch": epoch, "files": sizes}) + "\n")
         _fsync(tmp / COMPLETE)
         _fsync(tmp)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # safetensors says "disk full" as a SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)
+        failure = write_error(err, directory.parent, tensor_bytes(tensors) + len(json.dumps(meta, default=float)))
         kept = _whole_epoch(directory)
-        previous = f"the epoch {kept} checkpoint is kept" if kept is not None else "no earlier checkpoint exists"
-        raise RunError(f"could not save the epoch {epoch} checkpoint in {directory}: {err.strerror or err}; {previous}") from err
+        previous = f"the epoch {kept} checkpoint is kept (--resume continues from it)" if kept is not None else "no earlier checkpoint exists"
+        raise RunError(f"could not save the epoch {epoch} checkpoint in {directory}: {failure.strerror or failure}; {previous}") from None
     if directory.exists():
         directory.rename(old)
     tmp.rename(directory)
