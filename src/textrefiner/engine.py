@@ -36,6 +36,7 @@ from ._errors import RunError, read_json_object
 from ._io import atomic_write_text
 from ._machine import available_cpus
 from ._names import COMPILE_MODES
+from .data._pixels import check_image_sizes
 from .methods import METHODS, build_method
 from .methods._base import Method
 
@@ -586,6 +587,7 @@ def _training_items(cfg: RunConfig) -> tuple[list, list[str]]:
         items = unlabeled_items(cfg.unlabeled_root) if cfg.unlabeled_root else [replace(i, label=-1) for i in data.train]
         classnames = data.classnames
     _check_training_data(cfg, items, classnames)
+    check_image_sizes(item.impath for item in items)  # a decompression bomb, named before any work
     return items, classnames
 
 
@@ -628,6 +630,7 @@ def _validation_split(cfg: RunConfig) -> tuple[list, list[str]]:
     items = data.test if cfg.val_split == "test" else data.val
     if not items:
         raise ValueError(f"--select best-val needs validation images, but {cfg.dataset} has an empty {cfg.val_split} split; pass --select last")
+    check_image_sizes(item.impath for item in items)
     return items, data.classnames
 
 
@@ -960,6 +963,7 @@ def evaluate_run(
 
     def accuracy(name: str, subsample: str) -> float:
         split = load_dataset(name, cfg.root, shots=0, seed=cfg.seed, subsample=subsample)
+        check_image_sizes(item.impath for item in split.test)
         with _precision_scope(cfg.precision, device):  # a tf32 run is tested with TF32 matmuls too (on CUDA)
             return evaluate(method, ImageDataset(split.test, transform), split.classnames, cfg, device, desc=f"{name}/{subsample}", ddp=ddp)
 
