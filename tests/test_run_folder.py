@@ -316,6 +316,14 @@ def _drop_meta(key):
     return damage
 
 
+def _set_meta(key, value):
+    def damage(out: Path) -> None:
+        path = out / "checkpoint" / ckpt.STATE
+        path.write_text(json.dumps(json.loads(path.read_text()) | {key: value}))
+
+    return damage
+
+
 def _drop_tensors(prefix, *, unlisted=False):
     def damage(out: Path) -> None:
         path = out / "checkpoint" / ckpt.TENSORS
@@ -335,8 +343,11 @@ def _drop_tensors(prefix, *, unlisted=False):
         (_drop_tensors("optimizer."), "checkpoint.safetensors is damaged: it lacks ['optimizer.0.momentum_buffer'"),
         (_drop_tensors("rng."), "checkpoint.safetensors is damaged: it lacks ['rng.torch']"),
         (_drop_tensors("optimizer.", unlisted=True), "would silently reset"),
+        (_set_meta("log", 5), "trainer_state.json: `log` should hold a JSON list of epoch records, got int 5"),
+        (_set_meta("log", [{"epoch": 1, "loss": "low"}]), "trainer_state.json: `log`: record 1: `loss` should be a number or null, got 'low'"),
+        (_set_meta("best", [1]), "trainer_state.json: `best` should hold a JSON object, got list [1]"),
     ],
-    ids=["no-epoch", "no-rng", "no-optimizer", "no-rng-tensor", "no-optimizer-old-format"],
+    ids=["no-epoch", "no-rng", "no-optimizer", "no-rng-tensor", "no-optimizer-old-format", "log-int", "log-field", "best-list"],
 )
 def test_damaged_checkpoint_is_refused_by_name(finished, tiny_clip_dir, fake_data_root, tmp_path, capsys, damage, expected):
     out = _copy(finished, tmp_path)
@@ -372,6 +383,27 @@ def test_table_names_the_bad_results_file(tmp_path, capsys, content, expected):
     assert main(["table", str(path)]) == 2
     message = _error(capsys)
     assert str(path) in message and expected in message
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("log.json", "5", "log.json should hold a JSON list of epoch records, got int 5"),
+        ("log.json", '[{"epoch": 1, "loss": 2.0}, 7]', "log.json: record 2 should hold a JSON object, got int 7"),
+        ("log.json", '[{"loss": 2.0}]', "log.json: record 1: `epoch` is missing"),
+        ("log.json", '[{"epoch": 0}]', "log.json: record 1: `epoch` should be a positive int, got 0"),
+        ("results.json", '{"method": 3}', "results.json: `method` should be a string, got 3"),
+        ("results.json", '{"selected_epoch": "last"}', "results.json: `selected_epoch` should be an int or null, got 'last'"),
+        ("results.json", "[1]", "results.json should hold a JSON object, got list [1]"),
+    ],
+)
+def test_inspect_names_the_damaged_file_and_field(finished, tmp_path, capsys, name, content, expected):
+    """`inspect` read log.json and results.json as they came ("'int' object is not subscriptable")."""
+    out = _copy(finished, tmp_path)
+    (out / name).write_text(content)
+    assert main(["inspect", str(out), "--output-dir", str(tmp_path / "pictures")]) == 2
+    message = _error(capsys)
+    assert f"error: {out / name}" in message and expected in message, message
 
 
 def test_table_refuses_a_run_given_twice_and_writes_where_told(tmp_path, capsys):

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from ._errors import RunError, read_json_object
 from ._io import tensor_bytes
+from ._runfiles import check_best, check_log
 from ._space import write_error
 
 TENSORS = "checkpoint.safetensors"
@@ -227,6 +228,9 @@ def read_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
         raise RunError(f"{state_path} is damaged: `rng` lacks the Python RNG state")
     if not isinstance(meta["optimizer"], dict) or not {"param_groups", "scalars"} <= set(meta["optimizer"]):
         raise RunError(f"{state_path} is damaged: `optimizer` lacks param_groups or scalars")
+    check_log(meta.get("log", []), f"{state_path}: `log`")  # the log and best epoch the run goes on from
+    if meta.get("best") is not None:
+        check_best(meta["best"], str(state_path))
     expected = meta.get("tensors") or ["rng.torch"]  # checkpoints written before the list existed: the RNG at least
     absent = sorted(set(expected) - set(tensors))
     if absent:
