@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._errors import RunError, read_json_object
+from ._errors import RunError, read_json, read_json_object
 from ._io import tensor_bytes
 from ._runfiles import check_best, check_log
 from ._space import write_error
@@ -102,13 +102,13 @@ def _whole_epoch(folder: Path) -> int | None:
     marker = folder / COMPLETE
     try:
         if marker.is_file():
-            info = json.loads(marker.read_text())
+            info = read_json(marker)
             sizes = info["files"]
             if all((folder / name).stat().st_size == size for name, size in sizes.items()):
                 return int(info["epoch"])
             return None
         if folder.name == "checkpoint" and (folder / TENSORS).is_file():  # written before the marker existed
-            return int(json.loads((folder / STATE).read_text())["epoch"])
+            return int(read_json(folder / STATE)["epoch"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return None
@@ -190,7 +190,8 @@ def save_checkpoint(
         _fsync(tmp)
     except (OSError, SafetensorError) as err:  # safetensors says "disk full" as a SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)
-        failure = write_error(err, directory.parent, tensor_bytes(tensors) + len(json.dumps(meta, default=float)))
+        state = len(json.dumps(meta, indent=2, sort_keys=True, default=float)) + 1
+        failure = write_error(err, directory.parent, [tensor_bytes(tensors), state, 100])  # + complete.json
         kept = _whole_epoch(directory)
         previous = f"the epoch {kept} checkpoint is kept (--resume continues from it)" if kept is not None else "no earlier checkpoint exists"
         raise RunError(f"could not save the epoch {epoch} checkpoint in {directory}: {failure.strerror or failure}; {previous}") from None

@@ -34,14 +34,14 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         os.replace(tmp, path)
     except (OSError, SafetensorError) as err:
-        raise write_error(err, path.parent, tensor_bytes(tensors)) from None
+        raise write_error(err, path.parent, [tensor_bytes(tensors)]) from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
     """About the size of ``tensors`` in a safetensors file (data, plus a header line per tensor)."""
-    return sum(t.numel() * t.element_size() + 128 for t in tensors.values())
+    return sum(t.numel() * t.element_size() + 100 + len(name) for name, t in tensors.items())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -56,7 +56,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
         os.replace(tmp, path)
     except OSError as err:
-        raise write_error(err, path.parent, len(text.encode())) from None
+        raise write_error(err, path.parent, [len(text.encode())]) from None
     finally:
         tmp.unlink(missing_ok=True)
 

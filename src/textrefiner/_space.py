@@ -11,6 +11,7 @@ import errno
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -39,13 +40,22 @@ def _errno(err: BaseException) -> int | None:
     return errno.ENOSPC if "No space left on device" in str(err) else None
 
 
-def write_error(err: BaseException, folder: str | os.PathLike, needed: int) -> OSError:
+def on_disk(folder: str | os.PathLike, sizes: Sequence[int]) -> int:
+    """The room files of ``sizes`` bytes take in ``folder``: each rounded up to whole blocks."""
+    try:
+        block = os.statvfs(folder).f_frsize or 4096
+    except (OSError, AttributeError):
+        block = 4096
+    return sum(-(-size // block) * block for size in sizes)
+
+
+def write_error(err: BaseException, folder: str | os.PathLike, sizes: Sequence[int]) -> OSError:
     """``err`` (an OSError or a SafetensorError) as the OSError to raise for a failed write into ``folder``.
 
     Args:
         err: what the writer raised.
         folder: where it wrote.
-        needed: the bytes the whole write takes.
+        sizes: the bytes of each file the write makes.
 
     Returns:
         A :class:`NoSpaceError` when the device is full (or a quota is reached), else ``err``
@@ -57,7 +67,7 @@ def write_error(err: BaseException, folder: str | os.PathLike, needed: int) -> O
             free = f", {size_text(shutil.disk_usage(folder).free)} free now"
         except OSError:
             free = ""
-        message = f"no space left on the device of {Path(folder)}: this write needs about {size_text(needed)} free{free}"
+        message = f"no space left on the device of {Path(folder)}: this write needs about {size_text(on_disk(folder, sizes))} free{free}"
         return NoSpaceError(code, message)
     if isinstance(err, OSError):
         return err
