@@ -39,12 +39,13 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ._validation import check_tensor
 from .aggregation import aggregate
 from .alignment import FeatureAlignment
-from .cache import cache_write, init_cache
+from .cache import _distributed, cache_write, init_cache
 from .config import TextRefinerConfig
 from .losses import regularization_loss, select_tokens, semantic_loss
 
@@ -184,12 +185,29 @@ class TextRefiner(nn.Module):
 
     def _check_text(self, text_emb: torch.Tensor, name: str = "text_emb") -> torch.Tensor:
         d = self.embed_dim
-        check_tensor(text_emb, name, shape=f"(C, {d})", ndim=2, width=d, device=self.cache.device, finite=self._eager())
-        return text_emb
+        return check_tensor(text_emb, name, shape=f"(C, {d})", ndim=2, width=d, device=self.cache.device, finite=False)
 
     def _check_tokens(self, tokens: torch.Tensor, width: int, name: str, ndim: int | None = None) -> torch.Tensor:
         shape = f"(B, N+1, {width})" if ndim == 3 else f"(..., {width})"
-        return check_tensor(tokens, name, shape=shape, ndim=ndim, width=width, device=self.cache.device, finite=self._eager())
+        return check_tensor(tokens, name, shape=shape, ndim=ndim, width=width, device=self.cache.device, finite=False)
+
+    def _check_values(self, tensors: dict[str, torch.Tensor], *, collective: bool = False) -> None:
+        """When strict, refuse NaN/Inf in any of ``tensors`` (one host sync), after every shape check.
+
+        ``collective``: a collective follows (the cache write, synced BatchNorm), so under
+        torch.distributed every rank raises if any rank's values are bad, and none is left
+        waiting in the all-reduce.
+        """
+        if not self._eager():
+            return
+        bad = torch.stack([torch.isfinite(x).all().logical_not() for x in tensors.values()]).to(torch.int32)
+        synced = collective and _distributed()
+        if synced:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        names = [name for name, flag in zip(tensors, bad.tolist()) if flag]
+        if names:
+            where = " (on this or another rank)" if synced else ""
+            raise ValueError(f"`{names[0]}` contains NaN or Inf{where}; refusing it so the cache stays as it was (strict=True)")
 
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs take the parameters' dtype, except under autocast, which picks its own."""
@@ -199,11 +217,13 @@ class TextRefiner(nn.Module):
     def align(self, local_tokens: torch.Tensor) -> torch.Tensor:
         """Feature alignment (docs/method.md §2): (..., token_dim) -> (..., embed_dim)."""
         self._check_tokens(local_tokens, self.token_dim, "local_tokens")
+        synced = self.training and self.alignment.norm.sync  # the synced BatchNorm's all-reduce follows
+        self._check_values({"local_tokens": local_tokens}, collective=synced)
         return self.alignment(self._cast(local_tokens))
 
     def aggregate(self, text_emb: torch.Tensor) -> torch.Tensor:
         """Feature aggregation read (docs/method.md §4): (C, d) -> (C, d) ``E_bar``; never writes."""
-        self._check_text(text_emb)
+        self._check_values({"text_emb": self._check_text(text_emb)})
         return aggregate(text_emb, self.cache)
 
     @torch.no_grad()
@@ -219,7 +239,7 @@ class TextRefiner(nn.Module):
                 cache is then exactly as before. With ``strict=False`` a non-finite write is refused
                 on the device and :meth:`check_writes` raises.
         """
-        self._check_tokens(tokens, self.embed_dim, "tokens")
+        self._check_values({"tokens": self._check_tokens(tokens, self.embed_dim, "tokens")}, collective=True)
         self._write(tokens)
 
     def _write(self, tokens: torch.Tensor, norm_state: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
@@ -325,9 +345,11 @@ class TextRefiner(nn.Module):
         """
         self._check_text(text_emb)
         if not (self.training and local_tokens is not None):
+            self._check_values({"text_emb": text_emb})
             self.aligned_tokens = None
             return self._refine(text_emb, self.cache)
         self._check_tokens(local_tokens, self.token_dim, "local_tokens", ndim=3)
+        self._check_values({"text_emb": text_emb, "local_tokens": local_tokens}, collective=True)  # the write's all-reduce follows
         # captured under torch.inference_mode(): autograd cannot save it (a compiled step never sees one)
         if not torch.compiler.is_compiling() and local_tokens.is_inference():
             local_tokens = local_tokens.clone()
@@ -352,7 +374,7 @@ class TextRefiner(nn.Module):
             TypeError, ValueError: a bad ``text_emb``, NaN/Inf included when ``strict`` (the
                 default; with ``strict=False`` NaN in gives NaN out).
         """
-        self._check_text(text_emb)
+        self._check_values({"text_emb": self._check_text(text_emb)})
         return self._refine(text_emb, self.cache)
 
     # ------------------------------------------------------------------ losses
@@ -394,10 +416,9 @@ class TextRefiner(nn.Module):
             if target.is_floating_point():
                 values["target"] = target
             for name, value in values.items():
-                if isinstance(value, torch.Tensor) and value.is_floating_point():
-                    check_tensor(value, name, shape="", min_ndim=0, finite=True)
-                elif isinstance(value, float) and not math.isfinite(value):
+                if isinstance(value, float) and not math.isfinite(value):
                     raise ValueError(f"`{name}` is {value}; refusing it so no NaN reaches the gradients")
+            self._check_values({k: v for k, v in values.items() if isinstance(v, torch.Tensor) and v.is_floating_point()})
         selected = select_tokens(aligned_tokens, cls_attention, self.config.top_k)  # (B, k+2, d)
         return semantic_loss(
             selected, text_emb.to(selected.dtype), target, logit_scale=logit_scale, temperature=self.config.kd_temperature
@@ -405,9 +426,7 @@ class TextRefiner(nn.Module):
 
     def regularization_loss(self, refined: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """``mean |norm(E_hat) - E|`` (docs/method.md §6); NaN/Inf refused when ``strict``."""
-        if self._eager():
-            for name, value in (("refined", refined), ("text_emb", text_emb)):
-                check_tensor(value, name, shape="(C, d)", min_ndim=0, finite=True)
+        self._check_values({"refined": refined, "text_emb": text_emb})
         if refined.shape != text_emb.shape:
             raise ValueError(f"expected `refined` and `text_emb` of the same shape, got {tuple(refined.shape)} and {tuple(text_emb.shape)}")
         return regularization_loss(refined, text_emb.to(refined.dtype))
