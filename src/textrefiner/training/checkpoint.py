@@ -23,10 +23,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._errors import RunError, read_json, read_json_object
-from ._io import tensor_bytes
-from ._runfiles import check_best, check_log
-from ._space import write_error
+from .._errors import RunError, read_json, read_json_object
+from .._io import tensor_bytes
+from .._runfiles import check_best, check_log
+from .._space import write_error
 
 TENSORS = "checkpoint.safetensors"
 STATE = "trainer_state.json"
