@@ -207,7 +207,7 @@ class TextRefiner(nn.Module):
         names = [name for name, flag in zip(tensors, bad.tolist()) if flag]
         if names:
             where = " (on this or another rank)" if synced else ""
-            raise ValueError(f"`{names[0]}` contains NaN or Inf{where}; refusing it so the cache stays as it was (strict=True)")
+            raise ValueError(f"`{names[0]}` contains NaN or Inf{where}; refused before anything changed (strict=True)")
 
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs take the parameters' dtype, except under autocast, which picks its own."""
@@ -426,9 +426,9 @@ class TextRefiner(nn.Module):
 
     def regularization_loss(self, refined: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """``mean |norm(E_hat) - E|`` (docs/method.md §6); NaN/Inf refused when ``strict``."""
-        self._check_values({"refined": refined, "text_emb": text_emb})
         if refined.shape != text_emb.shape:
             raise ValueError(f"expected `refined` and `text_emb` of the same shape, got {tuple(refined.shape)} and {tuple(text_emb.shape)}")
+        self._check_values({"refined": refined, "text_emb": text_emb})
         return regularization_loss(refined, text_emb.to(refined.dtype))
 
     def loss(
