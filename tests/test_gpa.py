@@ -93,3 +93,14 @@ def test_epoch_outside_the_run_is_refused():
         gpa.update(module, 4, 3)
     with pytest.raises(ValueError, match="`gpa_std` should be positive"):
         GaussianPromptAggregation(module, ["ctx"], mean=2.0, std=0.0)
+
+
+def test_epoch_1_starts_a_new_sum():
+    torch.manual_seed(0)
+    module = _Prompts()
+    gpa = GaussianPromptAggregation(module, ["ctx"], mean=1.0, std=1.0)
+    start = module.ctx.detach().clone()
+    gpa.update(module, 1, 1)  # a one-epoch run loads its own weights back
+    assert torch.equal(module.ctx.detach(), start)
+    gpa.update(module, 1, 1)  # trained again: not added to the first run's sum
+    assert torch.equal(module.ctx.detach(), start)

@@ -64,7 +64,7 @@ class GaussianPromptAggregation(nn.Module):
     """The running GPA sum of named parameters of an owner module.
 
     Args:
-        owner: the module whose parameters are aggregated (held weakly by name, not as a child).
+        owner: the module whose parameters are aggregated (not kept: :meth:`update` takes it again).
         names: the parameters of ``owner`` to aggregate.
         mean: the Gaussian's mean, in epochs (1-based).
         std: its standard deviation, in epochs.
@@ -84,6 +84,8 @@ class GaussianPromptAggregation(nn.Module):
     def update(self, owner: nn.Module, epoch: int, epochs: int) -> None:
         """Add epoch ``epoch``'s weights (1-based, of ``epochs``) to the sum; after the last, load the sum into them.
 
+        Epoch 1 starts a new sum, so a method trained a second time aggregates that run alone.
+
         Raises:
             ValueError: ``epoch`` outside 1 .. ``epochs``, or mean/std that weight no epoch.
         """
@@ -92,6 +94,8 @@ class GaussianPromptAggregation(nn.Module):
         weight = gpa_weights(self.mean, self.std, epochs)[epoch - 1]
         for name in self.names:
             total = self.get_buffer(_key(name))
+            if epoch == 1:
+                total.zero_()
             total.add_(owner.get_parameter(name).detach().to(total.dtype), alpha=weight)
         if epoch == epochs:
             for name in self.names:
