@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._layouts import SUPPORTED, Layout, find_layout, submodule
+from ._layouts import SUPPORTED, Layout, hf_layout, submodule
 from .refiner import TextRefiner
 
 # vision tower -> its live capture; one refiner per tower at a time.
@@ -73,30 +73,19 @@ def _is_compiled(module: nn.Module) -> bool:
     return type(module).__name__ == "OptimizedModule" or getattr(module, "_compiled_call_impl", None) is not None
 
 
-class VisionCapture:
+class Capture:
     """The hooks :func:`attach` adds to one model; ``remove()`` takes every one of them off.
 
     The capture holds the refiner weakly: if the refiner is garbage-collected without
-    :meth:`TextRefiner.detach`, the hooks remove themselves at the next forward.
+    :meth:`TextRefiner.detach`, the hooks remove themselves at the next forward. This base
+    holds what every model format shares (the refiner, the handles, copying); a subclass finds
+    its format's parts in ``__init__``, registers its hooks in ``_register`` and says its
+    ``token_dim``: :class:`VisionCapture` (transformers models), ``openai_clip.OpenAICapture``.
     """
 
-    def __init__(self, model: nn.Module, layout: Layout) -> None:
+    def __init__(self, model: nn.Module, tower: nn.Module) -> None:
         self.model_class = type(model).__name__
-        self.layout = layout
-        self.tower = submodule(model, layout.tower, "vision tower")
-        layers = submodule(self.tower, layout.layers, "encoder layers")
-        if not isinstance(layers, (nn.ModuleList, nn.Sequential)) or len(layers) == 0:
-            raise ValueError(f"expected a non-empty list of encoder layers at `{layout.layers}` of {self.model_class}, got {type(layers).__name__}")
-        self.post_norm = submodule(self.tower, layout.post_norm, "post-layer-norm")
-        self.projection = None if layout.projection is None else submodule(model, layout.projection, "visual projection")
-        if layout.has_cls:
-            self.attention = submodule(layers[-1], layout.attention, "last layer's self-attention")
-            missing = [a for a in ("q_proj", "k_proj", "num_heads", "head_dim", "scale") if not hasattr(self.attention, a)]
-            if missing:
-                raise ValueError(f"expected the attention module {type(self.attention).__name__} of {self.model_class} to have {missing}")
-        else:
-            head = submodule(self.tower, layout.pool_head, "attention-pooling head")  # type: ignore[arg-type]
-            self.attention = submodule(head, "attention", "pooling head's attention")
+        self.tower = tower
         self._target: weakref.ref[TextRefiner] | None = None
         self.capture_in_eval = False
         # Learned prompt tokens a prompt learner appends after the patches (MaPLe, PromptKD's
@@ -117,10 +106,10 @@ class VisionCapture:
 
     @property
     def token_dim(self) -> int:
-        """Width of the captured tokens: the projection's output, else the post-norm's."""
-        if self.projection is not None:
-            return int(self.projection.out_features)  # type: ignore[arg-type]
-        return int(self.post_norm.normalized_shape[0])  # type: ignore[index]
+        raise NotImplementedError
+
+    def _register(self) -> None:
+        raise NotImplementedError
 
     def _live_target(self) -> TextRefiner | None:
         """The refiner to feed, or None: gone (then the hooks remove themselves), or in eval mode.
@@ -138,16 +127,10 @@ class VisionCapture:
             return None
         return target
 
-    def install(self, target: TextRefiner) -> VisionCapture:
+    def install(self, target: TextRefiner) -> Capture:
         """Register the hooks; they write ``target.local_tokens`` and ``target.cls_attention``."""
         self._target = weakref.ref(target)
-        if self.layout.has_cls:
-            # the pre-hook notes the layer's input; the k_proj hook then reuses the layer's own keys
-            self._handles.append(self.attention.register_forward_pre_hook(self._attention_input_hook, with_kwargs=True))
-            self._handles.append(self.attention.k_proj.register_forward_hook(self._keys_hook))
-        else:
-            self._handles.append(self.attention.register_forward_hook(self._probe_attention_hook))
-        self._handles.append(self.tower.register_forward_hook(self._tokens_hook))
+        self._register()
         _ATTACHED[self.tower] = self
         return self
 
@@ -159,12 +142,49 @@ class VisionCapture:
         if _ATTACHED.get(self.tower) is self:
             del _ATTACHED[self.tower]
 
-    # ------------------------------------------------------------------ hooks
     def _strip(self, x: torch.Tensor) -> torch.Tensor:
         """Drop the ``num_extra_tokens`` learned prompt tokens at the end of the sequence (dim 1)."""
         n = self.num_extra_tokens
         return x if n == 0 else x[:, : x.shape[1] - n]
 
+
+class VisionCapture(Capture):
+    """The hooks on a transformers model of a family in ``_layouts.LAYOUTS``."""
+
+    def __init__(self, model: nn.Module, layout: Layout) -> None:
+        super().__init__(model, submodule(model, layout.tower, "vision tower"))
+        self.layout = layout
+        layers = submodule(self.tower, layout.layers, "encoder layers")
+        if not isinstance(layers, (nn.ModuleList, nn.Sequential)) or len(layers) == 0:
+            raise ValueError(f"expected a non-empty list of encoder layers at `{layout.layers}` of {self.model_class}, got {type(layers).__name__}")
+        self.post_norm = submodule(self.tower, layout.post_norm, "post-layer-norm")
+        self.projection = None if layout.projection is None else submodule(model, layout.projection, "visual projection")
+        if layout.has_cls:
+            self.attention = submodule(layers[-1], layout.attention, "last layer's self-attention")
+            missing = [a for a in ("q_proj", "k_proj", "num_heads", "head_dim", "scale") if not hasattr(self.attention, a)]
+            if missing:
+                raise ValueError(f"expected the attention module {type(self.attention).__name__} of {self.model_class} to have {missing}")
+        else:
+            head = submodule(self.tower, layout.pool_head, "attention-pooling head")  # type: ignore[arg-type]
+            self.attention = submodule(head, "attention", "pooling head's attention")
+
+    @property
+    def token_dim(self) -> int:
+        """Width of the captured tokens: the projection's output, else the post-norm's."""
+        if self.projection is not None:
+            return int(self.projection.out_features)  # type: ignore[arg-type]
+        return int(self.post_norm.normalized_shape[0])  # type: ignore[index]
+
+    def _register(self) -> None:
+        if self.layout.has_cls:
+            # the pre-hook notes the layer's input; the k_proj hook then reuses the layer's own keys
+            self._handles.append(self.attention.register_forward_pre_hook(self._attention_input_hook, with_kwargs=True))
+            self._handles.append(self.attention.k_proj.register_forward_hook(self._keys_hook))
+        else:
+            self._handles.append(self.attention.register_forward_hook(self._probe_attention_hook))
+        self._handles.append(self.tower.register_forward_hook(self._tokens_hook))
+
+    # ------------------------------------------------------------------ hooks
     def _attention_input_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._pending = None
         if self._live_target() is None:
@@ -204,6 +224,33 @@ class VisionCapture:
         if self.projection is not None:
             tokens = self.projection(tokens)  # (B, N+1, d)
         target.local_tokens = tokens
+
+
+def _capture_for(model: nn.Module) -> Capture:
+    """The capture for ``model``'s format: a transformers family by class name, else the OpenAI
+    ``clip`` format (and open_clip) by structure; its hooks are not registered yet.
+
+    Raises:
+        TypeError: neither; the message names what was found and every supported kind.
+        ValueError: a supported family without its layout (e.g. a SigLIP without pooling head).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a CLIP-family model (torch.nn.Module), got {type(model).__name__}; supported: {SUPPORTED}")
+    layout = hf_layout(model)
+    if layout is not None:
+        if layout.pool_head is not None and not getattr(submodule(model, layout.tower, "vision tower"), "use_head", True):
+            raise ValueError(f"expected a {type(model).__name__} with its attention-pooling head (vision_use_head=True): without it the model has no image feature")
+        return VisionCapture(model, layout)
+    from ._openai_layouts import find_openai_tower, supported_models
+    from .openai_clip import OpenAICapture
+
+    tower = find_openai_tower(model)
+    if tower is None:
+        raise TypeError(
+            f"textrefiner.attach needs a CLIP-family model with a ViT image tower; {type(model).__name__} is not supported. "
+            f"Supported: {supported_models()}"
+        )
+    return OpenAICapture(model, tower)
 
 
 def attach(
@@ -251,10 +298,7 @@ def attach(
             "torch.compile can be silently ignored. Attach first, then compile: "
             "`refiner = textrefiner.attach(model); model = torch.compile(model)`"
         )
-    layout = find_layout(model)
-    if layout.pool_head is not None and not getattr(submodule(model, layout.tower, "vision tower"), "use_head", True):
-        raise ValueError(f"expected a {type(model).__name__} with its attention-pooling head (vision_use_head=True): without it the model has no image feature")
-    capture = VisionCapture(model, layout)
+    capture = _capture_for(model)  # nothing is hooked yet: a refusal leaves the model as it was
     compiled = [name for name, m in model.named_modules() if name and _is_compiled(m)]
     if compiled:
         raise ValueError(f"cannot attach to {type(model).__name__}: its submodule(s) {compiled[:3]} are compiled; attach before torch.compile")
@@ -286,4 +330,4 @@ def attach(
     return refiner
 
 
-__all__ = ["SUPPORTED", "VisionCapture", "attach", "cls_attention_row"]
+__all__ = ["SUPPORTED", "Capture", "VisionCapture", "attach", "cls_attention_row"]
