@@ -36,7 +36,7 @@ def _env() -> dict[str, str]:
 
 
 def test_every_example_is_covered():
-    assert EXAMPLES == ["accelerate_loop.py", "coop_textrefiner.py", "learners.py", "quickstart.py"]
+    assert EXAMPLES == ["accelerate_loop.py", "coop_textrefiner.py", "dassl_trainer.py", "learners.py", "quickstart.py"]
 
 
 @pytest.mark.slow
