@@ -342,3 +342,11 @@ def test_to_hf_clip_from_a_state_dict_with_build_models_head_rule():
 def test_to_hf_clip_refuses_a_resnet():
     with pytest.raises(ValueError, match="ViT vision tower.*got a ResNet vision tower"):
         to_hf_clip(_resnet_clip().state_dict())
+
+
+def test_prompt_learners_point_to_the_converter():
+    from textrefiner.methods import build_method
+    from textrefiner.testing import tiny_tokenizer
+
+    with pytest.raises(TypeError, match=r"OpenAI `clip`-format model: convert it with textrefiner.openai_clip.to_hf_clip\(model\)"):
+        build_method("coop", tiny_openai_clip(), tiny_tokenizer(), ["cat", "dog"])

@@ -13,6 +13,8 @@ The latest forward overwrites both tensors; nothing older is kept. A prompt lear
 appends learned tokens after the patches (MaPLe, PromptKD) sets ``num_extra_tokens`` on the
 capture (``refiner._capture``): the hooks slice them off, so the tokens stay CLS + N patches.
 This module imports no transformers: families are recognised by class name (see ``_layouts.py``).
+OpenAI ``clip``-format models (and open_clip's ViT) are recognised by structure and hooked by
+``openai_clip.OpenAICapture``; :func:`attach` picks the capture.
 """
 
 from __future__ import annotations
@@ -273,7 +275,9 @@ def attach(
 
     Args:
         model: a supported transformers model (CLIP, MetaCLIP 2, Chinese-CLIP, AltCLIP, SigLIP,
-            SigLIP 2); a ``DistributedDataParallel`` wrapper is unwrapped.
+            SigLIP 2), or an OpenAI ``clip``-format CLIP (``clip.model.CLIP``, its ``visual``, a
+            repository's copy of that model, open_clip's ViT: see ``openai_clip.py``); a
+            ``DistributedDataParallel`` wrapper is unwrapped.
         refiner: attach an existing refiner (e.g. one loaded with ``TextRefiner.from_pretrained``)
             instead of building one; then ``refiner_options`` must be empty.
         capture_in_eval: keep capturing while the refiner is in eval mode. By default the hooks
@@ -286,7 +290,8 @@ def attach(
         removes them.
 
     Raises:
-        TypeError: ``model`` is not of a supported family, or ``refiner`` is not a TextRefiner.
+        TypeError: ``model`` is not of a supported family (nothing is hooked then), or ``refiner``
+            is not a TextRefiner.
         ValueError: the model is compiled, already attached, lacks its family's layout (e.g. a
             SigLIP without pooling head), or the options contradict the captured token width.
     """
