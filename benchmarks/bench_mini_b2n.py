@@ -26,13 +26,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def _label(r: dict) -> str:
-    return f"{r['method']}{' + TextRefiner' if r.get('textrefiner') else ''}"
-
-
 def summarise(results: list[dict], classes: dict[str, tuple[int, int]]) -> list[dict]:
     """One row per (dataset, method): mean and std over seeds of base and novel, HM of the means; then the averages."""
-    from textrefiner.engine import harmonic_mean
+    from textrefiner.results import _label, harmonic_mean
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
+
+from .results import aggregate_results, read_runs, results_table
 
 SMOKE_BANNER = (
     "SMOKE RUN OF THE PIPELINE, NOT A RESULT: a tiny CLIP with random weights on generated images.\n"
@@ -142,7 +143,7 @@ def _given_settings(argv: Sequence[str]) -> set[str]:
 
 
 def _run_config(args: argparse.Namespace):
-    from .engine import RunConfig
+    from .training import RunConfig
 
     method_options: dict[str, Any] = {"ctx_init": args.ctx_init or None}
     if args.n_ctx is not None:
@@ -182,7 +183,7 @@ def _print_results(results: dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import train
+    from .training import train
 
     cfg = _run_config(args)
     results = train(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -194,7 +195,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .engine import RESULTS, RunConfig, evaluate_run
+    from .results import RESULTS
+    from .training import RunConfig, evaluate_run
 
     cfg = RunConfig.load(args.run_dir)
     overrides = {k: v for k, v in {"root": args.root, "device": args.device, "output_dir": args.run_dir}.items() if v is not None}
@@ -202,7 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overrides["eval_datasets"] = args.eval_datasets
     cfg = dataclasses.replace(cfg, **overrides, progress=not args.no_progress)
     from ._io import atomic_write_text
-    from ._rundir import RunLock
+    from .training.rundir import RunLock
 
     with RunLock(args.run_dir, "eval"):  # no train or other eval writes into the folder meanwhile
         results = evaluate_run(cfg)
@@ -212,108 +214,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- tables
-def _label(r: dict[str, Any]) -> str:
-    return f"{r['method']}{' + TextRefiner' if r.get('textrefiner') else ''}"
-
-
-def aggregate_results(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Average results over seeds: one row per (method, TextRefiner, dataset, protocol)."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    from .data import get_dataset_info
-
-    def dataset(name: Any) -> Any:  # one row per dataset however it was spelt (`mini-colours`, `mini_colours`, `EuroSAT`)
-        try:
-            return get_dataset_info(name).name
-        except (TypeError, ValueError):  # a name this version does not know: kept as written
-            return name
-
-    for r in results:
-        groups[(r["method"], bool(r.get("textrefiner")), dataset(r["dataset"]), r.get("protocol", "base2novel"))].append(r)
-    rows = []
-    skip = {"method", "textrefiner", "dataset", "protocol", "seed", "shots", "selected_epoch"}
-    for (method, tr, dataset, protocol), runs in groups.items():
-        metrics = sorted({k for r in runs for k, v in r.items() if k not in skip and isinstance(v, (int, float))})
-        row = {"method": method, "textrefiner": tr, "dataset": dataset, "protocol": protocol, "seeds": sorted(r["seed"] for r in runs)}
-        for m in metrics:
-            values = [r[m] for r in runs if m in r]
-            row[m] = sum(values) / len(values)
-        if protocol == "base2novel":
-            from .engine import harmonic_mean
-
-            row["hm"] = harmonic_mean(row["base"], row["novel"])  # HM of the averages, as papers report
-        rows.append(row)
-    return rows + _dataset_averages(rows)
-
-
-def _dataset_averages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Base-to-novel papers report the mean over datasets: one such row per method with 2+ datasets."""
-    from .engine import harmonic_mean
-
-    by_method: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        if r["protocol"] == "base2novel":
-            by_method[(r["method"], r["textrefiner"])].append(r)
-    averages = []
-    for (method, tr), part in by_method.items():
-        if len(part) < 2:
-            continue
-        base = sum(r["base"] for r in part) / len(part)
-        novel = sum(r["novel"] for r in part) / len(part)
-        seeds = sorted({s for r in part for s in r["seeds"]})
-        averages.append({
-            "method": method, "textrefiner": tr, "dataset": f"average of {len(part)}", "protocol": "base2novel",
-            "seeds": seeds, "base": base, "novel": novel, "hm": harmonic_mean(base, novel),
-        })
-    return averages
-
-
-def results_table(results: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table of results averaged over seeds."""
-    rows = aggregate_results(results)
-    lines = []
-    for protocol in sorted({r["protocol"] for r in rows}):
-        part = [r for r in rows if r["protocol"] == protocol]
-        metrics = ["base", "novel", "hm"] if protocol == "base2novel" else sorted(
-            {k for r in part for k in r if k not in {"method", "textrefiner", "dataset", "protocol", "seeds"}}
-        )
-        lines.append("| method | dataset | seeds | " + " | ".join(metrics) + " |")
-        lines.append("|---|---|---|" + "---|" * len(metrics))
-        for r in part:
-            cells = [f"{r[m]:.2f}" if m in r else "" for m in metrics]
-            lines.append(f"| {_label(r)} | {r['dataset']} | {','.join(map(str, r['seeds']))} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def read_results(path: Path) -> dict[str, Any]:
-    """One run's results.json, checked for what the table needs; the error names the file and the field."""
-    from ._errors import read_json_object
-
-    r = read_json_object(path)
-    needed = {"method": str, "dataset": str, "seed": int}
-    if r.get("protocol", "base2novel") == "base2novel":
-        needed |= {"base": float, "novel": float}
-    for key, kind in needed.items():
-        value = r.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value if kind is float else isinstance(value, kind) and not isinstance(value, bool)
-        if not ok:
-            what = "is missing" if key not in r else f"should be {'a number' if kind is float else kind.__name__}, got {value!r}"
-            raise ValueError(f"{path}: `{key}` {what}")
-    return r
-
-
 def cmd_table(args: argparse.Namespace) -> int:
-    from .engine import RESULTS
-
-    results, seen = [], set()
-    for run in args.runs:
-        path = Path(run) / RESULTS if Path(run).is_dir() else Path(run)
-        if not path.is_file():
-            raise FileNotFoundError(f"no {RESULTS} in {run}; has the run finished (or run `textrefiner eval`)?")
-        if path.resolve() in seen:  # it would be averaged in twice, as a second seed
-            raise ValueError(f"{run} is given twice (as a folder or its {RESULTS}); name each run once")
-        seen.add(path.resolve())
-        results.append(read_results(path))
+    results = read_runs(args.runs)
     table = results_table(results)
     # OUTPUT.md / .json / .png: a dot inside OUTPUT (`lr0.002`) is kept; a given .md/.json suffix is not doubled
     stem = args.output[: -len(Path(args.output).suffix)] if args.output and Path(args.output).suffix in (".md", ".json") else args.output

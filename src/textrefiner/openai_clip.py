@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._capture import Capture
 from ._openai_layouts import OpenAITower
-from .hooks import Capture
 
 
 def mha_cls_attention(
