@@ -26,7 +26,9 @@ import torch
 from torch import nn
 
 from ._capture import _ATTACHED, Capture
+from ._openai_layouts import find_openai_tower, supported_models
 from .hf.layouts import SUPPORTED, Layout, hf_layout, submodule
+from .openai_clip import OpenAICapture
 from .refiner import TextRefiner
 
 
@@ -166,9 +168,6 @@ def _capture_for(model: nn.Module) -> Capture:
         if layout.pool_head is not None and not getattr(submodule(model, layout.tower, "vision tower"), "use_head", True):
             raise ValueError(f"expected a {type(model).__name__} with its attention-pooling head (vision_use_head=True): without it the model has no image feature")
         return VisionCapture(model, layout)
-    from ._openai_layouts import find_openai_tower, supported_models
-    from .openai_clip import OpenAICapture
-
     tower = find_openai_tower(model)
     if tower is None:
         raise TypeError(
