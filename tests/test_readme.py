@@ -92,9 +92,10 @@ def test_readme_has_snippets_that_use_the_public_api():
 @pytest.mark.slow
 def test_readme_python_snippets_run_as_written(readme_machine):
     env, work = readme_machine
-    if not (work / "clip").is_dir():
-        pytest.skip("the openai-clip package is not installed (it is in the test extra): the CoOp-family snippet needs clip/model.py")
-    script = "\n".join(f"# ---- README.md python snippet {i + 1}\n{code}" for i, code in enumerate(_snippets()))
+    snippets = list(enumerate(_snippets()))
+    if not (work / "clip").is_dir():  # no openai-clip (it is in the test extra): the CoOp-family snippet needs clip/model.py
+        snippets = [(i, code) for i, code in snippets if "from clip.model import" not in code]
+    script = "\n".join(f"# ---- README.md python snippet {i + 1}\n{code}" for i, code in snippets)
     # appended checks, after the README's code: the loop saved, detached and restored an equal refiner
     script += (
         "\n# ---- checks\n"
