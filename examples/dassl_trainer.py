@@ -1,4 +1,4 @@
-"""TextRefiner inside a CoOp-family repository: two lines in its CustomCLIP, OpenAI `clip` model as is.
+"""TextRefiner inside a CoOp-family repository: `attach` in its CustomCLIP, `refine` + `loss` in forward.
 
     python examples/dassl_trainer.py                                          # offline: a random tiny OpenAI-format ViT
     python examples/dassl_trainer.py --weights ~/.cache/clip/ViT-B-16.pt      # OpenAI's checkpoint, as CoOp loads it
@@ -7,8 +7,9 @@ CoOp, CoCoOp, MaPLe, PromptSRC, KgCoOp and the TextRefiner release are Dassl rep
 build their model with OpenAI's ``clip`` code (``clip.build_model``, often a copy of
 ``clip/model.py`` inside the repository). Below is the shape of CoOp's ``trainers/coop.py``
 (``load_clip_to_cpu``, ``TextEncoder``, ``PromptLearner``, ``CustomCLIP``), written out so it
-runs alone; the only TextRefiner code is the two lines marked ``# TextRefiner``, plus letting
-the optimiser see ``model.refiner`` (Dassl trainers freeze everything outside ``prompt_learner``).
+runs alone. The only TextRefiner code is marked ``# TextRefiner``: ``attach`` in ``__init__``,
+``refine`` and ``loss`` in ``forward``, and letting the optimiser see ``model.refiner`` (Dassl
+trainers freeze everything outside ``prompt_learner``).
 
 Needs OpenAI's ``clip`` code (``pip install openai-clip``, or your repository's copy). Its
 ``clip/__init__.py`` imports torchvision and ``pkg_resources``; where those do not import (a
@@ -147,7 +148,7 @@ class CustomCLIP(nn.Module):
         logits = logit_scale * image_features @ refined.T
         if not self.training or label is None:
             return logits  # eval: the refiner's hooks do nothing, the cache is only read
-        aux = self.refiner.loss(refined, text_features, label, logit_scale=logit_scale)  # semantic + regularisation
+        aux = self.refiner.loss(refined, text_features, label, logit_scale=logit_scale)  # TextRefiner: semantic + regularisation
         return F.cross_entropy(logits, label) + aux.total
 
 
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     clip_model_code, simple_tokenizer = openai_clip_code()
     clip_model = load_clip_to_cpu(clip_model_code, args.weights).float()  # CoOp's fp32 precision (build_model gives fp16)
     model = CustomCLIP(CLASSNAMES, clip_model, make_tokenize(simple_tokenizer))
-    for name, param in model.named_parameters():  # Dassl trainers train `prompt_learner` only: let `refiner` through too
+    for name, param in model.named_parameters():  # TextRefiner: Dassl trains `prompt_learner` only; let `refiner` through too
         param.requires_grad_(name.startswith(("prompt_learner.", "refiner.")))
     model.to(device)
     trained = [p for p in model.parameters() if p.requires_grad]
