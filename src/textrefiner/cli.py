@@ -367,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
+    for name in ("train", "eval", "inspect"):  # the commands that read the user's images
+        sub.choices[name].add_argument(
+            "--max-image-pixels", type=int, default=None, metavar="N",
+            help="refuse images over N pixels (width x height) before any work, a guard against decompression bombs; "
+            "sets PIL.Image.MAX_IMAGE_PIXELS, 0 for no limit (default: Pillow's, 89,478,485); not a training setting",
+        )
     for name in ("train", "eval", "inspect", "demo"):  # the commands that load models
         sub.choices[name].add_argument(
             "--verbose", action="store_true", help="also show transformers' own progress bars (Loading weights, Writing model shards)"
@@ -394,6 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "verbose", True):
         _quiet_hf()
     try:
+        if getattr(args, "max_image_pixels", None) is not None:
+            from .data._pixels import set_pixel_limit
+
+            set_pixel_limit(args.max_image_pixels)
         return args.func(args)
     except (ValueError, OSError, TypeError, ImportError) as err:  # OSError: a folder or disk the user can fix
         print(f"textrefiner {args.command}: error: {err}", file=sys.stderr)

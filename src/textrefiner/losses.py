@@ -20,9 +20,17 @@ def select_tokens(aligned_tokens: torch.Tensor, cls_attention: torch.Tensor, top
     Returns:
         (B, k+2, d): the CLS token, the k most attended patches (highest first) and the mean of
         all N+1 tokens. Not normalised, as in the reference release.
+
+    Raises:
+        ValueError: ``top_k`` is more than the N patches (the reference's ``topk`` would fail too).
     """
-    k = min(top_k, cls_attention.shape[1])
-    top = cls_attention.topk(k, dim=1).indices + 1  # (B, k) token indices, skipping CLS
+    n = cls_attention.shape[1]
+    if top_k > n:
+        raise ValueError(
+            f"top_k={top_k} is more than the {n} patches of these images (tokens (B, {n + 1}, d), CLS first): "
+            f"set top_k to at most {n}, or use larger images or smaller patches"
+        )
+    top = cls_attention.topk(top_k, dim=1).indices + 1  # (B, k) token indices, skipping CLS
     patches = aligned_tokens.gather(1, top[..., None].expand(-1, -1, aligned_tokens.shape[-1]))  # (B, k, d)
     mean = aligned_tokens.mean(dim=1, keepdim=True)  # (B, 1, d)
     return torch.cat([aligned_tokens[:, :1], patches, mean], dim=1)

@@ -103,12 +103,18 @@ class Method(nn.Module):
         store_frozen(self.model, dtype)
 
     def attach_refiner(self, textrefiner: bool | dict[str, Any], **defaults: Any) -> None:
-        """Attach a TextRefiner to the host's vision tower when asked (a dict: options over ``defaults``)."""
+        """Attach a TextRefiner to the host's vision tower when asked (a dict: options over ``defaults``).
+
+        The refiner runs the sync-free path (``strict=False``: values are not checked per step;
+        call ``method.refiner.check_finite()`` when you log) unless ``TEXTREFINER_STRICT`` or a
+        ``strict`` option says otherwise.
+        """
         if textrefiner:
             from ..hooks import attach
+            from ..refiner import strict_default
 
             options = textrefiner if isinstance(textrefiner, dict) else {}
-            self.refiner = attach(self.model, **{**defaults, **options})
+            self.refiner = attach(self.model, **{"strict": strict_default(False), **defaults, **options})
 
     def detach(self) -> None:
         """Remove the refiner's hooks from the host model."""
