@@ -80,5 +80,12 @@ def semantic_loss(
 
 
 def regularization_loss(refined: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-    """``mean |norm(E_hat) - E|``: keeps the refined classes near the text they came from."""
-    return (F.normalize(refined, dim=-1) - text_emb).abs().mean()
+    """``mean |norm(E_hat) - E|``: keeps the refined classes near the text they came from.
+
+    Computed in float32 (float64 for float64 inputs) with autocast off, as the other losses:
+    under bf16 autocast the refined classes come out in bf16, whose 8-bit mantissa would round
+    the small differences this term measures.
+    """
+    dtype = torch.promote_types(torch.promote_types(refined.dtype, text_emb.dtype), torch.float32)
+    with torch.autocast(refined.device.type, enabled=False):
+        return (F.normalize(refined.to(dtype), dim=-1) - text_emb.to(dtype)).abs().mean()

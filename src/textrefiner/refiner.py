@@ -420,8 +420,8 @@ class TextRefiner(nn.Module):
                     raise ValueError(f"`{name}` is {value}; refusing it so no NaN reaches the gradients")
             self._check_values({k: v for k, v in values.items() if isinstance(v, torch.Tensor) and v.is_floating_point()})
         selected = select_tokens(aligned_tokens, cls_attention, self.config.top_k)  # (B, k+2, d)
-        return semantic_loss(
-            selected, text_emb.to(selected.dtype), target, logit_scale=logit_scale, temperature=self.config.kd_temperature
+        return semantic_loss(  # in float32 at least: bf16 aligned tokens do not round the class text
+            selected, text_emb, target, logit_scale=logit_scale, temperature=self.config.kd_temperature
         )
 
     def regularization_loss(self, refined: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
@@ -429,7 +429,7 @@ class TextRefiner(nn.Module):
         if refined.shape != text_emb.shape:
             raise ValueError(f"expected `refined` and `text_emb` of the same shape, got {tuple(refined.shape)} and {tuple(text_emb.shape)}")
         self._check_values({"refined": refined, "text_emb": text_emb})
-        return regularization_loss(refined, text_emb.to(refined.dtype))
+        return regularization_loss(refined, text_emb)  # in float32 at least: bf16 refined classes do not round E
 
     def loss(
         self,
