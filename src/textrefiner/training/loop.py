@@ -198,7 +198,8 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
         except OSError as err:
             raise RunError(f"could not save the trained weights in {out}: {err.strerror or err}; the checkpoint is kept") from err
     with _rank0_state(method, ddp):  # every rank tests rank 0's (selected) state, on its share of the test images
-        results = evaluate_run(cfg, method=method, device=device, selected_epoch=selected, ddp=ddp)
+        # the test images' headers were checked before the run began (run_data._check_run_images)
+        results = evaluate_run(cfg, method=method, device=device, selected_epoch=selected, ddp=ddp, check_images=False)
     if ddp.main:
         atomic_write_text(out / RESULTS, json.dumps(results, indent=2, sort_keys=True) + "\n")
         if method.refiner is not None:  # the refiner's model card names the run it came from
