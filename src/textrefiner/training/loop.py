@@ -97,7 +97,7 @@ def _save_best(method: Method, path: Path, epoch: int, val_acc: float) -> None:
 def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, classnames, checkpoint) -> dict[str, Any]:
     from ..data import DecodedImageDataset, ImageDataset, transforms_from_processor
 
-    method, processor = _build(cfg, device, classnames)
+    method, processor = _build(cfg, device, classnames, train=True)
     train_transform = transforms_from_processor(processor, train=True)
     if cfg.decode_once:  # decoded once into memory; resize/flip/normalise in the workers or on the device
         augment_on = _augment_on(cfg.augment_on, device, train_transform)
