@@ -13,8 +13,8 @@ student's joint width, D the teacher's (e.g. 512 for ViT-B/16, 768 for ViT-L/14)
 The student's image tower carries independent deep vision prompts (IVLP, as PromptKD's student
 does): P_0 appended after the patch tokens, P_i replacing them at layers i < J (``_vision.py``).
 The student's text tower is not used: PromptKD classifies with the teacher's text features.
-Here the teacher is a plain CLIP with hand-made prompts (PromptKD's teacher is a PromptSRC-tuned
-ViT-L/14; pass any CLIP-family model).
+Here the teacher is a plain CLIP-family model with a hand-made prompt; PromptKD's own teacher, a
+PromptSRC-tuned ViT-L/14, is a trained method that ``methods/promptkd.py`` takes instead.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from .distributed import _Dist
 from .loop import _train
 from .resume import _check_resumable
 from .run_data import _training_items
+from .teacher import is_run_folder, teacher_run_config
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -60,6 +61,10 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
             f"{out} already holds a run ({', '.join(found)}); use --resume to continue it, --overwrite to replace it, "
             "or another --output-dir"
         )
+    if is_run_folder(cfg.teacher):  # a teacher run that cannot teach is refused before the data is read
+        if Path(cfg.teacher).resolve() == out.resolve():
+            raise RunError(f"--teacher {cfg.teacher} is the run's own --output-dir: the teacher is another, finished run")
+        teacher_run_config(cfg.teacher)
     items, classnames = _training_items(cfg)
     if len(items) < world:
         raise RunError(f"{len(items)} training image(s) cannot be split over {world} processes")
