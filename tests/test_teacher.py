@@ -4,6 +4,7 @@ PromptSRC run's own evaluation logits; runs that cannot teach are refused; resum
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -98,31 +99,49 @@ def test_a_plain_model_teacher_is_still_a_model_prompted_by_the_template(tiny_cl
     method.detach()
 
 
-def test_resume_with_a_teacher_run_given_by_a_relative_path(promptsrc_run, tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
-    monkeypatch.chdir(promptsrc_run.parent)
-    cfg = RunConfig(dataset="eurosat", root=str(fake_data_root), output_dir=str(tmp_path / "cut"), model=str(tiny_clip_dir),
-                    method="promptkd", teacher=promptsrc_run.name, unlabeled=True, epochs=2, batch_size=4, num_workers=0,
-                    progress=False, select="last")
-    assert cfg.teacher == str(promptsrc_run.resolve())
+def _stop_after_epoch_1(cfg: RunConfig, monkeypatch) -> None:
+    """Train ``cfg`` until its first checkpoint is saved, then stop, as a killed run would."""
 
     class Stop(Exception):
         pass
 
     original = engine.ckpt.save_checkpoint
 
-    def stop_after_epoch_1(*a, **k):
+    def stop(*a, **k):
         original(*a, **k)
         raise Stop
 
-    monkeypatch.setattr(engine.ckpt, "save_checkpoint", stop_after_epoch_1)
+    monkeypatch.setattr(engine.ckpt, "save_checkpoint", stop)
     with pytest.raises(Stop):
         engine.train(cfg)
     monkeypatch.setattr(engine.ckpt, "save_checkpoint", original)
+
+
+def test_resume_with_a_teacher_run_given_by_a_relative_path(promptsrc_run, tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(promptsrc_run.parent)
+    cfg = RunConfig(dataset="eurosat", root=str(fake_data_root), output_dir=str(tmp_path / "cut"), model=str(tiny_clip_dir),
+                    method="promptkd", teacher=promptsrc_run.name, unlabeled=True, epochs=2, batch_size=4, num_workers=0,
+                    progress=False, select="last")
+    assert cfg.teacher == str(promptsrc_run.resolve())
+    _stop_after_epoch_1(cfg, monkeypatch)
     monkeypatch.chdir(tmp_path)  # the same teacher, named from elsewhere
-    again = RunConfig(**{**cfg.__dict__, "teacher": str(promptsrc_run)})
+    again = RunConfig(**{**cfg.__dict__, "teacher": os.path.relpath(promptsrc_run, tmp_path)})
     results = engine.train(again, resume=True)
     assert results["method"] == "promptkd"
     assert [r["epoch"] for r in json.loads((tmp_path / "cut" / "log.json").read_text())] == [1, 2]
+
+
+def test_resume_refuses_a_teacher_run_trained_again_since(promptsrc_run, tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    teacher = _copy(promptsrc_run, tmp_path, "teacher")
+    cfg = RunConfig(**{**_student(tiny_clip_dir, fake_data_root, tmp_path, teacher).__dict__, "epochs": 2, "select": "last"})
+    _stop_after_epoch_1(cfg, monkeypatch)
+    weights = load_file(str(teacher / "method.safetensors"))
+    weights["learner.ctx"] = weights["learner.ctx"] + 1  # another teacher in the same folder
+    save_file(weights, str(teacher / "method.safetensors"))
+    with pytest.raises(RunError, match="its teacher run .* holds other weights than when the run started"):
+        engine.train(cfg, resume=True)
 
 
 def _copy(run, tmp_path, name="copy"):

@@ -18,7 +18,7 @@ from .config import RunConfig
 from .device import _check_tf32, _precision_scope, resolve_device, resolve_precision
 from .distributed import _Dist
 from .loop import _train
-from .resume import _check_resumable
+from .resume import _check_resumable, _check_same_teacher
 from .run_data import _training_items
 from .teacher import is_run_folder, teacher_run_config
 
@@ -76,6 +76,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     try:
         ddp.on_main(lambda: _claim(out, lock, resume=resume, overwrite=overwrite))
         checkpoint = ckpt.read_checkpoint(out / "checkpoint") if resume else None  # damaged state refused before loading
+        if checkpoint is not None:
+            _check_same_teacher(checkpoint[1], cfg, out)
         with _precision_scope(cfg.precision, device):  # process-global TF32 switches, restored when the run ends
             return _train(cfg, out, ddp, device, items, classnames, checkpoint)
     except BaseException:

@@ -13,6 +13,7 @@ pixels, and its logits are its own evaluation's only on the pixels it was tested
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,18 @@ def check_same_preprocessing(teacher: str, teacher_processor: Any, student: str,
             f"(teacher {theirs}, student {ours}): it sees the student's pixels, so it must be a model with the same "
             "image size and normalisation"
         )
+
+
+def teacher_digest(teacher: str | None) -> str | None:
+    """SHA-256 of a teacher run's ``method.safetensors`` (None for a model teacher, or none at all).
+
+    Saved with each checkpoint: a resumed run goes on only with the teacher it started with, not
+    with another run trained since into the same folder.
+    """
+    if not is_run_folder(teacher):
+        return None
+    digest = hashlib.sha256()
+    with open(Path(teacher) / WEIGHTS, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
