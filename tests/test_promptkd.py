@@ -263,3 +263,14 @@ def test_siglip_teacher_text_is_padded_to_its_length_without_a_mask():
         with_mask = F.normalize(teacher.get_text_features(**masked).pooler_output, dim=-1)
     torch.testing.assert_close(m.teacher_logits(x), expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(m.teacher_text, with_mask, atol=1e-3)  # a padding mask would give other features
+
+
+@pytest.mark.parametrize("family", ["SiglipModel", "Siglip2Model"])
+def test_siglip_teacher_text_features_are_the_models_own(family):
+    from test_text_encoder import reference_features, tiny_text_model, tokenizer_for
+
+    teacher, tokenizer = tiny_text_model(family, seed=1), tokenizer_for(family)
+    texts = [f"a photo of a {c}." for c in NAMES]
+    with torch.no_grad():
+        expected = F.normalize(reference_features(teacher, tokenizer, texts), dim=-1)  # fixed length, no mask
+    torch.testing.assert_close(teacher_text_features(teacher, tokenizer, NAMES), expected, rtol=0, atol=1e-6)

@@ -194,10 +194,11 @@ def test_a_method_teacher_must_have_one_set_of_class_embeddings():
         PromptKDMethod(tiny_clip(), tiny_tokenizer(), ["cat", "dog"], teacher=cocoop)
 
 
+@pytest.mark.parametrize("refine", [True, False])
 @pytest.mark.parametrize("name", ["coop", "kgcoop", "maple", "promptsrc"])
-def test_every_method_with_one_classifier_teaches_with_its_own_evaluation_logits(name):
+def test_every_method_with_one_classifier_teaches_with_its_own_evaluation_logits(name, refine):
     names = ["cat", "dog", "car"]
-    teacher = build_method(name, tiny_clip(seed=1), tiny_tokenizer(), names, textrefiner=True).train()
+    teacher = build_method(name, tiny_clip(seed=1), tiny_tokenizer(), names, textrefiner=refine).train()
     teacher.training_step(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))  # a written cache: its bake refines
     method = PromptKDMethod(tiny_clip(), tiny_tokenizer(), names, teacher=teacher).train()
     x = torch.randn(3, 3, 32, 32)
