@@ -246,3 +246,31 @@ def test_kd_weight_reaches_the_method_and_its_refiner_weights(tiny_clip_dir, tmp
     assert m.kd_weight == 200.0
     assert m.refiner.config.semantic_weight == pytest.approx(2.0) and m.refiner.config.regularization_weight == pytest.approx(4.0)
     m.detach()
+
+
+def test_siglip_teacher_text_is_padded_to_its_length_without_a_mask():
+    """A SigLIP teacher's logits are its own zero-shot ones (fixed-length text, no padding mask), less the bias."""
+    from test_text_encoder import SIGLIP_LENGTH, tiny_text_model, tokenizer_for
+
+    teacher, tokenizer = tiny_text_model("SiglipModel", seed=1), tokenizer_for("SiglipModel")
+    m = PromptKDMethod(tiny_clip(), tiny_tokenizer(), NAMES, teacher=teacher, teacher_tokenizer=tokenizer, textrefiner=False)
+    texts = [f"a photo of a {c}." for c in NAMES]
+    ids = tokenizer(texts, padding="max_length", max_length=SIGLIP_LENGTH, return_tensors="pt").input_ids
+    x = pixels()
+    with torch.no_grad():
+        expected = teacher(input_ids=ids, pixel_values=x).logits_per_image - teacher.logit_bias  # (B, C)
+        masked = tokenizer(texts, padding="max_length", max_length=SIGLIP_LENGTH, return_tensors="pt")
+        with_mask = F.normalize(teacher.get_text_features(**masked).pooler_output, dim=-1)
+    torch.testing.assert_close(m.teacher_logits(x), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(m.teacher_text, with_mask, atol=1e-3)  # a padding mask would give other features
+
+
+@pytest.mark.parametrize("family", ["SiglipModel", "Siglip2Model"])
+def test_siglip_teacher_text_features_are_the_models_own(family):
+    from test_text_encoder import reference_features, tiny_text_model, tokenizer_for
+
+    teacher, tokenizer = tiny_text_model(family, seed=1), tokenizer_for(family)
+    texts = [f"a photo of a {c}." for c in NAMES]
+    with torch.no_grad():
+        expected = F.normalize(reference_features(teacher, tokenizer, texts), dim=-1)  # fixed length, no mask
+    torch.testing.assert_close(teacher_text_features(teacher, tokenizer, NAMES), expected, rtol=0, atol=1e-6)

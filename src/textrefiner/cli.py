@@ -102,7 +102,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpa-mean", type=float, default=None, help="PromptSRC: mean epoch of the Gaussian prompt aggregation (default: 15)")
     p.add_argument("--gpa-std", type=float, default=None, help="PromptSRC: its standard deviation in epochs (default: 1)")
     p.add_argument("--kg-weight", type=float, default=None, help="KgCoOp: W, the weight of 1 - cos(prompted, hand-made prompt) (default: 8)")
-    p.add_argument("--teacher", default=None, help="PromptKD: teacher model id or folder (default: none; required for promptkd)")
+    p.add_argument(
+        "--teacher", default=None,
+        help="PromptKD: teacher model id or folder, or the folder of a finished promptsrc (or coop, kgcoop, maple) run, "
+        "whose trained prompts then teach (default: none; required for promptkd)",
+    )
     p.add_argument(
         "--kd-weight", type=float, default=None,
         help="PromptKD: KD_W, the distillation loss weight; TextRefiner's semantic and regularisation weights follow as "

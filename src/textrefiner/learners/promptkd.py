@@ -13,8 +13,8 @@ student's joint width, D the teacher's (e.g. 512 for ViT-B/16, 768 for ViT-L/14)
 The student's image tower carries independent deep vision prompts (IVLP, as PromptKD's student
 does): P_0 appended after the patch tokens, P_i replacing them at layers i < J (``_vision.py``).
 The student's text tower is not used: PromptKD classifies with the teacher's text features.
-Here the teacher is a plain CLIP with hand-made prompts (PromptKD's teacher is a PromptSRC-tuned
-ViT-L/14; pass any CLIP-family model).
+Here the teacher is a plain CLIP-family model with a hand-made prompt; PromptKD's own teacher, a
+PromptSRC-tuned ViT-L/14, is a trained method that ``methods/promptkd.py`` takes instead.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._vision import VisionPromptHooks, default_depth, vision_depth, vision_width
+from .templates import check_template, frozen_text_features
 
 TEMPLATE = "a photo of a {}."
 # KD_W of the PromptKD (+ TextRefiner) release's base-to-novel scripts: 1000 for ImageNet, Caltech101,
@@ -87,18 +88,17 @@ def load_teacher(name_or_path: str, device: torch.device | str | None = None) ->
 def teacher_text_features(teacher: nn.Module, tokenizer: Any, classnames: Sequence[str], template: str = TEMPLATE) -> torch.Tensor:
     """``norm(teacher.text(template.format(c)))`` for every class: (C, D), float32.
 
+    Each family's text is tokenised as the model was trained (``templates.frozen_text_features``):
+    CLIP with padding to the longest prompt and its mask; SigLIP padded to its fixed length
+    (``padding="max_length"``) with no attention mask, as its zero-shot use calls it.
+
     Raises:
-        ValueError: empty ``classnames`` or a template without ``{}``.
+        ValueError: empty ``classnames`` or a template without one ``{}``.
     """
     if isinstance(classnames, str) or not classnames:
         raise ValueError(f"expected `classnames` to be a non-empty list of str, got {classnames!r}")
-    if "{}" not in template:
-        raise ValueError(f"expected `template` to contain '{{}}' for the class name, got {template!r}")
-    device = next(teacher.parameters()).device
-    texts = [template.format(c) for c in classnames]
-    padding = "max_length" if "Siglip" in type(teacher).__name__ else True  # SigLIP was trained on fixed-length text
-    inputs = tokenizer(texts, padding=padding, truncation=True, return_tensors="pt").to(device)
-    return F.normalize(_features(teacher.get_text_features(**inputs)).float(), dim=-1)
+    check_template(template)
+    return F.normalize(frozen_text_features(teacher, tokenizer, classnames, [template]).float(), dim=-1)
 
 
 @torch.no_grad()

@@ -191,12 +191,21 @@ class TextClassifierMethod(Method):
         return StepOutput(loss, logits, parts)
 
     @torch.no_grad()
-    def prepare_eval(self, classnames: list[str] | None = None) -> None:
-        """Compute the (refined) class embeddings once for every test image (docs/method.md §5)."""
+    def class_embeddings(self, classnames: list[str] | None = None) -> torch.Tensor:
+        """(C, d) the classifier evaluation uses: the prompted class embeddings, normalised, then
+        refined with the frozen cache (``refiner.bake``, un-normalised) when a refiner is attached.
+
+        ``classnames`` (if given) become the learner's classes. PromptKD reads a teacher run's here.
+        """
         if classnames is not None:
             self.learner.set_classnames(classnames)
         text = self.text_embeddings()
-        self._classifier = text if self.refiner is None else self.refiner.bake(text)
+        return text if self.refiner is None else self.refiner.bake(text)
+
+    @torch.no_grad()
+    def prepare_eval(self, classnames: list[str] | None = None) -> None:
+        """Compute the (refined) class embeddings once for every test image (docs/method.md §5)."""
+        self._classifier = self.class_embeddings(classnames)
 
     @torch.no_grad()
     def eval_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:

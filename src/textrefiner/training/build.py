@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..methods import build_method
 from ..methods._base import Method
-from .config import RunConfig
+from .._errors import RunError
+from .._io import load_state
+from .config import WEIGHTS, RunConfig
 from .device import PRECISIONS, resolve_precision
+from .teacher import check_same_preprocessing, is_run_folder, teacher_run_config
 
 
 def seed_everything(seed: int) -> None:
@@ -57,10 +61,10 @@ def _build(cfg: RunConfig, device: torch.device, classnames: list[str], *, cast:
     """
     model, tokenizer, processor = load_pretrained(cfg.model)
     model.to(device)
-    seed_everything(cfg.seed)  # the learner's initialisation depends on the seed alone
     options = dict(cfg.method_options)
-    if cfg.teacher is not None:
-        options["teacher"] = cfg.teacher
+    if cfg.teacher is not None:  # a teacher run is built first: it seeds with its own seed
+        options["teacher"] = _teacher(cfg, device, classnames, processor) if is_run_folder(cfg.teacher) else cfg.teacher
+    seed_everything(cfg.seed)  # the learner's initialisation depends on the seed alone
     if cfg.kd_weight is not None:
         options["kd_weight"] = cfg.kd_weight
     method = build_method(
@@ -72,3 +76,27 @@ def _build(cfg: RunConfig, device: torch.device, classnames: list[str], *, cast:
     if cast:  # autocast would re-cast every frozen weight at every use
         method.cast_frozen(PRECISIONS[resolve_precision(cfg.precision, device)] or torch.float32)
     return method, processor
+
+
+def _teacher(cfg: RunConfig, device: torch.device, classnames: list[str], processor: Any) -> Method:
+    """PromptKD's teacher from the finished run at ``cfg.teacher``: its method with its final weights, frozen.
+
+    Built on the student's classes (its classifier moves to them as its evaluation moves to the
+    test classes), not cast: the student's ``cast_frozen`` stores its model with the student's.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoImageProcessor
+
+    from ..mini.model import resolve
+
+    teacher_cfg = teacher_run_config(cfg.teacher)
+    check_same_preprocessing(cfg.teacher, AutoImageProcessor.from_pretrained(resolve(teacher_cfg.model)), cfg.model, processor)
+    path = Path(cfg.teacher) / WEIGHTS
+    try:
+        weights = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise RunError(f"{path} is not a readable safetensors file (corrupt or truncated?): {err}") from err
+    method, _ = _build(teacher_cfg, device, classnames, cast=False)
+    load_state(method, weights, source=str(path))
+    return method.requires_grad_(False).eval()

@@ -59,7 +59,7 @@ class RunConfig:
     eval_datasets: list[str] = field(default_factory=list)  # cross-dataset / domain targets
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. n_ctx, ctx_init
     refiner_options: dict[str, Any] = field(default_factory=dict)  # TextRefiner hyper-parameters
-    teacher: str | None = None  # PromptKD: teacher model id or path
+    teacher: str | None = None  # PromptKD: teacher model id or folder, or a finished run's folder (made absolute)
     unlabeled: bool = False  # train on the dataset's train images of ALL classes, labels unused (PromptKD)
     unlabeled_root: str | None = None  # or on every image under this folder (implies `unlabeled`)
     recipe: str | None = None  # the named recipe these settings started from (`textrefiner recipes`), if any
@@ -111,6 +111,8 @@ class RunConfig:
         if not 0 <= self.momentum < 1:
             raise ValueError(f"`momentum` should be in [0, 1), got {self.momentum}")
         self._check_refiner_options()
+        if self.teacher is not None and (Path(self.teacher) / RUN_CONFIG).is_file():  # a teacher run (training/teacher.py):
+            self.teacher = str(Path(self.teacher).resolve())  # saved and compared on resume as one absolute path
         if self.teacher is not None and self.method != "promptkd":
             raise ValueError(f"a teacher is only used by --method promptkd, got --method {self.method} with --teacher {self.teacher}")
         if self.kd_weight is not None and self.method != "promptkd":

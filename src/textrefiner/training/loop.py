@@ -29,6 +29,7 @@ from .loaders import DECODE_MEMORY_SHARE, _augment_on, _decode_budget, _loader
 from .resume import _resume
 from .run_data import _validation_split
 from .schedule import make_scheduler
+from .teacher import teacher_digest
 
 
 def _read_logs(method: Method, sums: dict[str, torch.Tensor], correct: torch.Tensor, seen: int, step: int) -> dict[str, float]:
@@ -98,6 +99,7 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
     from ..data import DecodedImageDataset, ImageDataset, transforms_from_processor
 
     method, processor = _build(cfg, device, classnames, train=True)
+    teacher = teacher_digest(cfg.teacher)  # a teacher run's weights, checked on resume
     train_transform = transforms_from_processor(processor, train=True)
     if cfg.decode_once:  # decoded once into memory; resize/flip/normalise in the workers or on the device
         augment_on = _augment_on(cfg.augment_on, device, train_transform)
@@ -177,7 +179,7 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
             print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in record.items()}), flush=True)
             ckpt.save_checkpoint(
                 out / "checkpoint", weights=dict(method.state_dict()), optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                epoch=epoch + 1, extra={"log": log, "method": cfg.method, "model": cfg.model, "best": best},
+                epoch=epoch + 1, extra={"log": log, "method": cfg.method, "model": cfg.model, "best": best, "teacher_weights": teacher},
             )
             atomic_write_text(out / "log.json", json.dumps(log, indent=2) + "\n")
         ddp.barrier()

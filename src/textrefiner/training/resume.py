@@ -11,6 +11,7 @@ from .._errors import RunError, read_json_object
 from ..results import RESULTS
 from . import checkpoint as ckpt
 from .config import BEST, RUN_CONFIG, RunConfig
+from .teacher import teacher_digest
 
 
 # RunConfig fields that do not shape training: --resume may change them (everything else must
@@ -81,3 +82,13 @@ def _resume(checkpoint, out: Path, cfg: RunConfig, method, optimizer, scheduler,
     if cfg.select == "best-val" and best["epoch"] and not (out / BEST).is_file():
         raise FileNotFoundError(f"cannot resume {out}: its best epoch so far ({best['epoch']}) was kept in {BEST}, which is missing")
     return int(meta["epoch"]), list(meta.get("log", [])), best
+
+
+def _check_same_teacher(meta: dict[str, Any], cfg: RunConfig, out: Path) -> None:
+    """A run distilled from a teacher run goes on only with that run's weights (``teacher_weights`` of its checkpoint)."""
+    saved = meta.get("teacher_weights")
+    if saved is not None and saved != teacher_digest(cfg.teacher):
+        raise RunError(
+            f"cannot resume {out}: its teacher run {cfg.teacher} holds other weights than when the run started "
+            "(trained again since?); start a new run in another folder"
+        )

@@ -18,8 +18,9 @@ from .config import RunConfig
 from .device import _check_tf32, _precision_scope, resolve_device, resolve_precision
 from .distributed import _Dist
 from .loop import _train
-from .resume import _check_resumable
+from .resume import _check_resumable, _check_same_teacher
 from .run_data import _check_run_images, _training_items
+from .teacher import is_run_folder, teacher_run_config
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -60,6 +61,10 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
             f"{out} already holds a run ({', '.join(found)}); use --resume to continue it, --overwrite to replace it, "
             "or another --output-dir"
         )
+    if is_run_folder(cfg.teacher):  # a teacher run that cannot teach is refused before the data is read
+        if Path(cfg.teacher).resolve() == out.resolve():
+            raise RunError(f"--teacher {cfg.teacher} is the run's own --output-dir: the teacher is another, finished run")
+        teacher_run_config(cfg.teacher)
     items, classnames = _training_items(cfg)
     _check_run_images(cfg, items)  # a decompression bomb in any split it will read, named before any work
     if len(items) < world:
@@ -72,6 +77,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
     try:
         ddp.on_main(lambda: _claim(out, lock, resume=resume, overwrite=overwrite))
         checkpoint = ckpt.read_checkpoint(out / "checkpoint") if resume else None  # damaged state refused before loading
+        if checkpoint is not None:
+            _check_same_teacher(checkpoint[1], cfg, out)
         with _precision_scope(cfg.precision, device):  # process-global TF32 switches, restored when the run ends
             return _train(cfg, out, ddp, device, items, classnames, checkpoint)
     except BaseException:
