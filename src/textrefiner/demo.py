@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .mini.datasets import DEMO_DATASETS, DEMO_RECIPE
+from .mini.datasets import DEMO_DATASETS, MINI_RECIPE
+
 MINI_BANNER = (
     "A MINIATURE ON SYNTHETIC DATA, NOT THE PAPER'S BENCHMARK. The model is a {params:.2f} M-parameter CLIP\n"
     "pretrained by us on generated pictures of coloured, patterned shapes; each task is drawn from that world\n"
@@ -49,10 +50,11 @@ def run_b2n(
     datasets: Sequence[str],
     seeds: Sequence[int] = (1,),
     methods: Sequence[str] = ("coop",),
-    epochs: int = DEMO_RECIPE["epochs"],
-    shots: int = DEMO_RECIPE["shots"],
-    lr: float = DEMO_RECIPE["lr"],
-    batch_size: int = DEMO_RECIPE["batch_size"],
+    epochs: int = MINI_RECIPE["epochs"],
+    shots: int = MINI_RECIPE["shots"],
+    lr: float = MINI_RECIPE["lr"],
+    batch_size: int = MINI_RECIPE["batch_size"],
+    select: str = MINI_RECIPE["select"],
     model: str = "mini",
     progress: bool = True,
 ) -> tuple[list[dict], dict[str, tuple[int, int]]]:
@@ -87,7 +89,7 @@ def run_b2n(
         cfg = RunConfig(
             dataset=name, root=str(data), output_dir=str(runs_dir / name / f"{method}{'_tr' if refine else ''}" / f"seed{seed}"),
             model=model, method=method, textrefiner=refine, shots=shots, seed=seed, epochs=epochs, batch_size=batch_size,
-            lr=lr, num_workers=0, progress=False, device="cpu",
+            lr=lr, select=select, num_workers=0, progress=False, device="cpu",
             teacher=model if method == "promptkd" else None, unlabeled=method == "promptkd",
         )
         with contextlib.redirect_stdout(io.StringIO()):  # the per-epoch log lines; the bar shows progress
@@ -112,12 +114,12 @@ def run_demo(
     work_dir: str | None = None,
     *,
     datasets: Sequence[str] = DEMO_DATASETS,
-    epochs: int = DEMO_RECIPE["epochs"],
+    epochs: int = MINI_RECIPE["epochs"],
     methods: Sequence[str] = ("coop",),
     seed: int = 1,
-    shots: int = DEMO_RECIPE["shots"],
-    lr: float = DEMO_RECIPE["lr"],
-    batch_size: int = DEMO_RECIPE["batch_size"],
+    shots: int = MINI_RECIPE["shots"],
+    lr: float = MINI_RECIPE["lr"],
+    batch_size: int = MINI_RECIPE["batch_size"],
     model: str = "mini",
     progress: bool = True,
     threads: int | None = 1,
@@ -127,7 +129,7 @@ def run_demo(
     Args:
         work_dir: keep the data and runs here (default: a temporary folder, removed afterwards).
         datasets: mini datasets (``mini-shapes``, ``mini-colours``, ``mini-lookalikes``).
-        epochs, shots, lr, batch_size, seed: the training recipe (``DEMO_RECIPE``: docs/method.md §7 at batch 16, lr 0.05).
+        epochs, shots, lr, batch_size, seed: the training recipe (``MINI_RECIPE``: docs/method.md §7 at batch 16, lr 0.05).
         methods: prompt learners to train, each with and without TextRefiner.
         model: ``"mini"`` (the shipped mini CLIP) or a folder written by ``python -m textrefiner.mini.pretrain``.
         progress: one progress bar over all runs.
