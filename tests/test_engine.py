@@ -96,22 +96,26 @@ def test_command_trains_evaluates_and_tabulates(tiny_clip_dir, fake_data_root, t
 
 def test_results_table_averages_seeds_and_takes_hm_of_averages():
     rs = [
-        {"method": "coop", "textrefiner": True, "dataset": "d", "protocol": "base2novel", "seed": s, "base": b, "novel": n}
+        {"method": "coop", "textrefiner": True, "dataset": "d", "protocol": "base2novel", "seed": s, "base": b, "novel": n,
+         "hm": 2 * b * n / (b + n)}
         for s, b, n in [(1, 80.0, 60.0), (2, 90.0, 70.0)]
     ]
     table = results_table(rs)
-    assert "| coop + TextRefiner | d | 1,2 | 85.00 | 65.00 | 73.67 |" in table
+    # two seeds: half-width = t(0.975, df 1) * sample std / sqrt(2) = 12.706 * 7.071 / 1.414 = 63.53; HM's over per-seed HMs
+    hm_half = 12.706 * abs(80 * 60 * 2 / 140 - 90 * 70 * 2 / 160) / 2
+    assert f"| coop + TextRefiner | d | 2 (1,2) | 85.00 ± 63.53 | 65.00 ± 63.53 | 73.67 ± {hm_half:.2f} |" in table, table
+    assert "95% interval" in table
     assert "average" not in table  # one dataset: no average row
     other = [r | {"dataset": "e", "base": r["base"] - 10, "novel": r["novel"] + 10} for r in rs]
     table = results_table(rs + other)
-    assert "| coop + TextRefiner | average of 2 | 1,2 | 80.00 | 70.00 | 74.67 |" in table
+    assert "| coop + TextRefiner | average of 2 | 2 (1,2) | 80.00 | 70.00 | 74.67 |" in table
 
 
 def test_results_table_has_one_row_per_dataset_however_it_was_spelt():
     rs = [{"method": "coop", "textrefiner": True, "dataset": name, "protocol": "base2novel", "seed": s, "base": 80.0, "novel": 60.0}
           for s, name in [(1, "mini-colours"), (2, "mini_colours"), (3, "MiniColours")]]
     table = results_table(rs)  # were three rows and an "average of 3" over one dataset
-    assert "| coop + TextRefiner | mini_colours | 1,2,3 | 80.00 | 60.00 |" in table and "average" not in table
+    assert "| coop + TextRefiner | mini_colours | 3 (1,2,3) | 80.00 ± 0.00 | 60.00 ± 0.00 |" in table and "average" not in table
 
 
 @pytest.mark.slow

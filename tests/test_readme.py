@@ -126,7 +126,7 @@ def test_readme_commands_run_as_written(readme_machine):
         done = subprocess.run(["bash", "-c", line], env=env, cwd=work, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, (line, done.stdout[-2000:], done.stderr[-4000:])
         if line.split()[1] in ("train", "eval"):
-            assert "| coop + TextRefiner | eurosat | 1 |" in done.stdout, line
+            assert "| coop + TextRefiner | eurosat | 1 (1) |" in done.stdout, line
             assert "Loading weights" not in done.stderr  # transformers' own bars are off unless --verbose
     assert (work / "runs" / "coop_tr" / "table.md").read_text().startswith("| method | dataset | seeds | base | novel | hm |")
 

@@ -62,16 +62,22 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=1, help="seeds few-shot sampling, initialisation and data order")
     p.add_argument("--subsample", default="base", choices=["base", "novel", "all"], help="classes to train on")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=32, help="training images per step, over all processes (the global batch)")
-    p.add_argument("--lr", type=float, default=0.002, help="SGD learning rate after the warm-up (cosine schedule)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 10; --model mini: the mini recipe's 25)")
+    p.add_argument(
+        "--batch-size", type=int, default=None,
+        help="training images per step, over all processes (the global batch) (default: 32; --model mini: 16)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=None,
+        help="SGD learning rate after the warm-up (cosine schedule) (default: 0.002; --model mini: 0.05)",
+    )
     p.add_argument("--warmup-epochs", type=int, default=1, help="constant warm-up epochs at --warmup-lr")
     p.add_argument("--warmup-lr", type=float, default=1e-5, help="learning rate during the warm-up")
     p.add_argument(
         "--select", default="auto", choices=["auto", "best-val", "last"],
         help="model selection: best-val scores the val split after every epoch and tests the first epoch with the best "
         "accuracy (the release's base-to-novel choice); last tests the last epoch (cross-dataset); auto: best-val unless "
-        "--subsample all",
+        "--subsample all (--model mini: last, the mini recipe's)",
     )
     p.add_argument(
         "--val-split", default="val", choices=["val", "test"],
@@ -133,7 +139,7 @@ _OPTION_OF_FLAG = {
 
 def _given_settings(argv: Sequence[str]) -> set[str]:
     """The RunConfig settings the user wrote on the command line (so a recipe does not replace them)."""
-    probe = argparse.ArgumentParser(add_help=False)
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     _add_run_arguments(probe)
     for action in probe._actions:
         action.default, action.required = argparse.SUPPRESS, False
@@ -170,11 +176,39 @@ def _run_config(args: argparse.Namespace):
         log_every=args.log_every, compile=args.compile, compile_mode=args.compile_mode, decode_once=args.decode_once, max_image_side=args.max_image_side,
         augment_on=args.augment_on, kd_weight=args.kd_weight, strict_shots=args.strict_shots,
     )
+    args.recipe_note = _default_recipe(settings)
     if args.recipe is not None:
         from .recipes import apply_recipe
 
         settings = apply_recipe(args.recipe, settings, _given_settings(getattr(args, "argv", ())))
+        args.recipe_note = f"the named recipe {args.recipe} (see `textrefiner recipes`), with the options given"
     return RunConfig(**settings)
+
+
+# What `train` uses for the options the user leaves out: the reference recipe (docs/method.md §7) for real
+# models, the mini CLIP's own recipe (docs/mini.md) for `--model mini`.
+REFERENCE_RECIPE = {"epochs": 10, "batch_size": 32, "lr": 0.002, "select": "auto"}
+
+
+def _default_recipe(settings: dict[str, Any]) -> str:
+    """Fill the recipe options left unset (None / auto) in ``settings``; returns one line saying which recipe."""
+    from .mini.datasets import MINI_RECIPE
+    from .mini.model import MODEL_NAME, WEIGHTS_DIR
+
+    model = settings["model"]
+    mini = model == MODEL_NAME or Path(model).expanduser().resolve() == WEIGHTS_DIR.resolve()
+    recipe = MINI_RECIPE if mini else REFERENCE_RECIPE
+    unset = [k for k in REFERENCE_RECIPE if settings[k] is None or (k == "select" and settings[k] == "auto")]
+    if mini and settings.get("subsample") == "all":  # cross-dataset runs already test the last epoch
+        unset = [k for k in unset if k != "select"]
+    for key in unset:
+        settings[key] = recipe[key]
+    name = "the mini CLIP's recipe (docs/mini.md)" if mini else "the reference recipe (docs/method.md §7)"
+    used = ", ".join(f"{k.replace('_', ' ')} {settings[k]}" for k in REFERENCE_RECIPE)
+    if not unset:
+        return f"{used}, all as given"
+    given = sorted(set(REFERENCE_RECIPE) - set(unset))
+    return f"{used}: {name}" + (f", with {', '.join('--' + k.replace('_', '-') for k in given)} as given" if given else "")
 
 
 def _print_results(results: dict[str, Any]) -> None:
@@ -184,10 +218,14 @@ def _print_results(results: dict[str, Any]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine import train
 
+    from ._summary import run_summary
+
     cfg = _run_config(args)
+    print(f"recipe: {args.recipe_note}", flush=True)
     results = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if results:
         _print_results(results)
+        print(run_summary(results, cfg, recipe=args.recipe_note))
     return 0
 
 
@@ -196,6 +234,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .engine import RESULTS, RunConfig, evaluate_run
 
+    if not Path(args.run_dir).is_dir():
+        raise FileNotFoundError(f"--run-dir {args.run_dir} does not exist" if not Path(args.run_dir).exists() else
+                                f"--run-dir {args.run_dir} is a file; expected the --output-dir folder of a `textrefiner train` run")
     cfg = RunConfig.load(args.run_dir)
     overrides = {k: v for k, v in {"root": args.root, "device": args.device, "output_dir": args.run_dir}.items() if v is not None}
     if args.eval_datasets is not None:
@@ -219,6 +260,7 @@ def _label(r: dict[str, Any]) -> str:
 def aggregate_results(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Average results over seeds: one row per (method, TextRefiner, dataset, protocol)."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    from ._stats import mean_ci
     from .data import get_dataset_info
 
     def dataset(name: Any) -> Any:  # one row per dataset however it was spelt (`mini-colours`, `mini_colours`, `EuroSAT`)
@@ -236,7 +278,9 @@ def aggregate_results(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
         row = {"method": method, "textrefiner": tr, "dataset": dataset, "protocol": protocol, "seeds": sorted(r["seed"] for r in runs)}
         for m in metrics:
             values = [r[m] for r in runs if m in r]
-            row[m] = sum(values) / len(values)
+            row[m], half = mean_ci(values)
+            if half is not None:  # the 95% interval over seeds (textrefiner._stats)
+                row[f"{m}_ci95"] = half
         if protocol == "base2novel":
             from .engine import harmonic_mean
 
@@ -268,20 +312,25 @@ def _dataset_averages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def results_table(results: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table of results averaged over seeds."""
+    """A Markdown table of results averaged over seeds: mean ± 95% interval over seeds, and how many seeds."""
+    from ._stats import format_ci
+
     rows = aggregate_results(results)
     lines = []
     for protocol in sorted({r["protocol"] for r in rows}):
         part = [r for r in rows if r["protocol"] == protocol]
         metrics = ["base", "novel", "hm"] if protocol == "base2novel" else sorted(
-            {k for r in part for k in r if k not in {"method", "textrefiner", "dataset", "protocol", "seeds"}}
+            {k for r in part for k in r if k not in {"method", "textrefiner", "dataset", "protocol", "seeds"} and not k.endswith("_ci95")}
         )
         lines.append("| method | dataset | seeds | " + " | ".join(metrics) + " |")
         lines.append("|---|---|---|" + "---|" * len(metrics))
         for r in part:
-            cells = [f"{r[m]:.2f}" if m in r else "" for m in metrics]
-            lines.append(f"| {_label(r)} | {r['dataset']} | {','.join(map(str, r['seeds']))} | " + " | ".join(cells) + " |")
+            cells = [format_ci(r[m], r.get(f"{m}_ci95"), digits=2) if m in r else "" for m in metrics]
+            seeds = f"{len(r['seeds'])} ({','.join(map(str, r['seeds']))})"
+            lines.append(f"| {_label(r)} | {r['dataset']} | {seeds} | " + " | ".join(cells) + " |")
         lines.append("")
+    if any(k.endswith("_ci95") for r in rows for k in r):
+        lines.append("Mean over seeds ± 95% interval (Student's t over the seeds); HM: the harmonic mean of the mean base and novel accuracies.")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -302,11 +351,26 @@ def read_results(path: Path) -> dict[str, Any]:
     return r
 
 
+def _is_table_output(path: Path) -> bool:
+    """A file `table --output` writes: OUTPUT.md, OUTPUT.png, or OUTPUT.json (a list of rows, where results.json is an object)."""
+    if not path.is_file() or path.name == "results.json":
+        return False
+    if path.suffix in (".md", ".png"):
+        return True
+    try:
+        return path.suffix == ".json" and isinstance(json.loads(path.read_text()), list)
+    except (OSError, ValueError):
+        return False
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from .engine import RESULTS
 
     results, seen = [], set()
     for run in args.runs:
+        if _is_table_output(Path(run)):  # `table runs/*` after `table --output runs/table`: not a run
+            print(f"note: skipping {run}: a table written by `textrefiner table`, not a run", file=sys.stderr)
+            continue
         path = Path(run) / RESULTS if Path(run).is_dir() else Path(run)
         if not path.is_file():
             raise FileNotFoundError(f"no {RESULTS} in {run}; has the run finished (or run `textrefiner eval`)?")
@@ -378,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     MINI_NAMES = [f"mini-{n}" for n in MINI_DATASETS]
     parser = argparse.ArgumentParser(
-        prog="textrefiner", formatter_class=HelpFormatter,
+        prog="textrefiner", formatter_class=HelpFormatter, allow_abbrev=False,  # `--epoch 3` is an error, not --epochs
         description="TextRefiner prompt learning on Hugging Face CLIP models.",
         epilog="Try `textrefiner demo` for an offline demo on the mini CLIP, or `textrefiner COMMAND --help` for a command's options. "
         "The method: docs/method.md.",
@@ -387,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
 
     def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=description, formatter_class=HelpFormatter)
+        return sub.add_parser(name, help=help, description=description, formatter_class=HelpFormatter, allow_abbrev=False)
 
     p = add("train", "train a prompt learner (with or without TextRefiner) and evaluate it",
             "Train a prompt learner on the few-shot base classes of a dataset with the reference recipe "
@@ -479,16 +543,46 @@ def _quiet_hf() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _did_you_mean(unknown: Sequence[str], parser: argparse.ArgumentParser) -> str:
+    """``" (did you mean --epochs?)"`` for each unknown flag close to one of ``parser``'s; else ``""``."""
+    import difflib
+
+    flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for word in unknown:
+        if word.startswith("--"):
+            close = difflib.get_close_matches(word.split("=", 1)[0], flags, n=1, cutoff=0.6)
+            hints += close
+    return f" (did you mean {' / '.join(hints)}?)" if hints else ""
+
+
+_PATHS = ("root", "output_dir", "run_dir", "work_dir", "output", "images", "unlabeled_root", "plot")
+
+
+def _expand_home(args: argparse.Namespace) -> None:
+    """``~`` in every path option, also where the shell left it (``--root=~/data``, quoted)."""
+    import os
+
+    for name in _PATHS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
+    if isinstance(getattr(args, "runs", None), list):
+        args.runs = [os.path.expanduser(r) for r in args.runs]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's own parser: `textrefiner CMD: error: ...`, as every other command error
         commands = parser._subparsers._group_actions[0].choices
-        (commands[args.command] if args.command in commands else parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+        own = commands[args.command] if args.command in commands else parser
+        own.error(f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(unknown, own)}")
     if args.command is None:  # bare `textrefiner`: say what there is (exit 2, as for any call that ran nothing)
         parser.print_help()
         return 2
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what was written, for `train --recipe`
+    _expand_home(args)
     if not getattr(args, "verbose", True):
         _quiet_hf()
     try:

@@ -98,6 +98,9 @@ class RunConfig:
     compile_mode: str | None = None  # with compile: torch.compile's mode, one of COMPILE_MODES (None: torch's default)
 
     def __post_init__(self) -> None:
+        for name in ("root", "output_dir", "unlabeled_root", "model", "teacher"):  # `--root=~/data` reaches us unexpanded
+            if isinstance(getattr(self, name), str) and getattr(self, name).startswith("~"):
+                setattr(self, name, os.path.expanduser(getattr(self, name)))
         if self.select == "auto":  # base-to-novel keeps the best val epoch; cross-dataset runs test the last
             self.select = "last" if self.subsample == "all" else "best-val"
         if self.select not in SELECTS:
@@ -631,6 +634,17 @@ def _validation_split(cfg: RunConfig) -> tuple[list, list[str]]:
     return items, data.classnames
 
 
+def _has_val(cfg: RunConfig) -> bool:
+    """Whether the run has labelled val images to score (a `last` run may have none: then nothing is scored)."""
+    if cfg.unlabeled or cfg.unlabeled_root or cfg.val_split != "val" or cfg.shots <= 0:
+        return False
+    try:
+        items, classnames = _validation_split(cfg)
+    except (ValueError, OSError):
+        return False
+    return len(items) <= 4 * len(classnames)  # CoOp's few-shot val, not a test split standing in for it (ImageNet)
+
+
 def _save_best(method: Method, path: Path, epoch: int, val_acc: float) -> None:
     from ._io import atomic_save_file
 
@@ -746,7 +760,7 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
     else:
         train_set = ImageDataset(items, train_transform, seed=cfg.seed)
     val_set = val_classnames = None
-    if cfg.select == "best-val":
+    if cfg.select == "best-val" or _has_val(cfg):  # with `last` too: scored before and after, to tell a run that did not learn
         val_items, val_classnames = _validation_split(cfg)
         val_set = ImageDataset(val_items, transforms_from_processor(processor, train=False))
     params = [p for p in method.parameters() if p.requires_grad]
@@ -775,6 +789,14 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
         cfg.save(out)
     ddp.barrier()
 
+    val_start = None  # the untrained prompts' val accuracy (CoOp from "a photo of a": zero-shot CLIP's)
+    if val_set is not None and start == 0:
+        rng = torch.get_rng_state()  # the loader's base seed is drawn from it: training stays as without this pass
+        val_start = evaluate(method, val_set, val_classnames, cfg, device, desc="val (before training)", ddp=ddp)
+        torch.set_rng_state(rng)
+        if val_classnames != classnames:
+            with _autocast(device, cfg.precision):
+                method.prepare_eval(classnames)
     loader = _loader(train_set, cfg, train=True, epoch=start, ddp=ddp, device=device)  # its workers live for the run
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -785,7 +807,7 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             scheduler.step()
         record["seconds"] = time.perf_counter() - t0
-        if val_set is not None:  # every rank scores its share of the val images, with rank 0's state
+        if val_set is not None and cfg.select == "best-val":  # every rank scores its share of the val images, with rank 0's state
             with _rank0_state(method, ddp):
                 record["val_acc"] = evaluate(method, val_set, val_classnames, cfg, device, desc="val", ddp=ddp)
             if val_classnames != classnames:  # back to the training classes (unlabelled PromptKD trains on all)
@@ -821,7 +843,11 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
         except OSError as err:
             raise RunError(f"could not save the trained weights in {out}: {err.strerror or err}; the checkpoint is kept") from err
     with _rank0_state(method, ddp):  # every rank tests rank 0's (selected) state, on its share of the test images
+        val_end = best["val_acc"]
+        if val_set is not None and cfg.select == "last":
+            val_end = evaluate(method, val_set, val_classnames, cfg, device, desc="val", ddp=ddp)
         results = evaluate_run(cfg, method=method, device=device, selected_epoch=selected, ddp=ddp)
+    results["val_acc"] = {"before_training": val_start, "selected": val_end}  # a dict: tables average only numbers
     if ddp.main:
         atomic_write_text(out / RESULTS, json.dumps(results, indent=2, sort_keys=True) + "\n")
         if method.refiner is not None:  # the refiner's model card names the run it came from
