@@ -98,16 +98,22 @@ def _command_lines() -> list[str]:
     return lines
 
 
-def test_readme_mini_train_commands_use_the_demo_recipe():
-    """At train's default lr 0.002 the mini CLIP's context does not move off zero-shot (best-val
-    keeps epoch 1), so every mini `textrefiner train` the README shows passes the demo's lr and batch."""
-    from textrefiner.mini.datasets import DEMO_RECIPE
+def test_readme_mini_train_commands_get_the_mini_recipe():
+    """Every mini `textrefiner train` the README shows trains with the mini CLIP's recipe, given or by default
+    (at the reference lr 0.002 the mini CLIP's context does not move off zero-shot)."""
+    import shlex
+
+    from textrefiner.cli import _run_config, build_parser
+    from textrefiner.mini.datasets import MINI_RECIPE
 
     text = " ".join(README.read_text().split())
     commands = re.findall(r"`(textrefiner train --model mini [^`]*)`", text)
     assert commands
     for command in commands:
-        assert f"--lr {DEMO_RECIPE['lr']} --batch-size {DEMO_RECIPE['batch_size']}" in command, command
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        cfg = _run_config(args)
+        assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.select) == tuple(MINI_RECIPE[k] for k in ("lr", "batch_size", "epochs", "select"))
+        assert "mini CLIP's recipe" in args.recipe_note, command
 
 
 @pytest.mark.slow

@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole parser; building it imports no torch, so ``--help`` answers at once."""
     from ._names import METHOD_NAMES
     from ._version import __version__
-    from .mini.datasets import DEMO_DATASETS, DEMO_RECIPE, MINI_DATASETS
+    from .mini.datasets import DEMO_DATASETS, MINI_DATASETS, MINI_RECIPE
 
     MINI_NAMES = [f"mini-{n}" for n in MINI_DATASETS]
     parser = argparse.ArgumentParser(
@@ -514,16 +514,16 @@ def build_parser() -> argparse.ArgumentParser:
             "Load the mini CLIP shipped in the package (a real CLIPModel pretrained by us on generated pictures of "
             "coloured shapes), draw the mini datasets in CoOp's layout, and compare zero-shot CLIP with each method "
             "trained on the base classes with and without TextRefiner, tested on base and novel classes. A "
-            "miniature on synthetic data that shows learning, not the paper's benchmark; a few minutes on 2 CPU cores.")
+            "miniature on synthetic data that shows learning, not the paper's benchmark; about half a minute on one CPU core.")
     p.add_argument("--work-dir", default=None, help="keep the generated data and runs here (default: a temporary folder)")
     p.add_argument("--datasets", nargs="+", default=list(DEMO_DATASETS), choices=MINI_NAMES, metavar="DATASET",
                    help=f"mini datasets to run, from {', '.join(MINI_NAMES)}")
     p.add_argument("--methods", nargs="+", default=["coop"], choices=METHOD_NAMES, metavar="METHOD",
                    help="prompt learners to train, each with and without TextRefiner")
-    p.add_argument("--epochs", type=int, default=DEMO_RECIPE["epochs"], help="training epochs per run")
-    p.add_argument("--shots", type=int, default=DEMO_RECIPE["shots"], help="training images per base class")
-    p.add_argument("--lr", type=float, default=DEMO_RECIPE["lr"], help="SGD learning rate")
-    p.add_argument("--batch-size", type=int, default=DEMO_RECIPE["batch_size"], help="training batch size")
+    p.add_argument("--epochs", type=int, default=MINI_RECIPE["epochs"], help="training epochs per run")
+    p.add_argument("--shots", type=int, default=MINI_RECIPE["shots"], help="training images per base class")
+    p.add_argument("--lr", type=float, default=MINI_RECIPE["lr"], help="SGD learning rate")
+    p.add_argument("--batch-size", type=int, default=MINI_RECIPE["batch_size"], help="training batch size")
     p.add_argument("--seed", type=int, default=1, help="seeds few-shot sampling, initialisation and data order")
     p.add_argument("--model", default="mini", help='"mini" (the shipped mini CLIP) or a folder written by python -m textrefiner.mini.pretrain')
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

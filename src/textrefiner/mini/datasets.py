@@ -44,8 +44,8 @@ from .world import SHAPES, sample_scene, draw
 class MiniSpec:
     """One mini dataset: its classes (name + the attributes fixed by the class) and drawing style."""
 
-    name: str  # "shapes" -> dataset "mini-shapes"
-    title: str  # CoOp-style class name of the dataset, e.g. "MiniShapes"
+    name: str  # "colours" -> dataset "mini-colours"
+    title: str  # CoOp-style class name of the dataset, e.g. "MiniColours"
     classes: tuple[tuple[str, dict], ...]  # (class name, fixed scene attributes)
     style: str
 
@@ -99,7 +99,7 @@ assert all(set(kw.get("shapes", SHAPES)) <= set(SHAPES) for s in MINI_DATASETS.v
 
 
 def mini_spec(name: str) -> MiniSpec:
-    """The spec of ``name`` (``"shapes"``, ``"mini-shapes"`` or ``"mini_shapes"``)."""
+    """The spec of ``name`` (``"colours"``, ``"mini-colours"`` or ``"mini_colours"``)."""
     key = name.lower().replace("_", "-").removeprefix("mini-")
     if key == "colors":
         key = "colours"
@@ -125,7 +125,7 @@ def make_dataset(
 
     Args:
         root: the data root (CoOp's ``$DATA``); created if needed.
-        name: ``"shapes"``, ``"colours"`` or ``"lookalikes"`` (``"mini-"`` prefix optional).
+        name: ``"patterns"``, ``"colours"`` or ``"lookalikes"`` (``"mini-"`` prefix optional).
         images_per_class: pictures per class (at least 4).
         image_size: picture side in pixels (the mini CLIP sees 32).
         seed: seeds the pictures and the split.
