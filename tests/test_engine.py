@@ -459,3 +459,24 @@ def test_max_prompts_may_change_on_resume_other_method_options_may_not():
     assert engine._changed_settings(saved, cfg(ctx_init="a photo of the", max_prompts=64)) == [
         "method_options: {'ctx_init': 'a photo of a'} -> {'ctx_init': 'a photo of the'}"
     ]
+
+
+def test_table_output_inside_the_runs_folder_does_not_break_the_next_table(tmp_path, capsys):
+    """`table runs/* --output runs/table`, then `table runs/*` again: the table's own files are skipped, not read as runs."""
+    import json
+
+    from textrefiner.cli import main
+
+    for seed in (1, 2):
+        run = tmp_path / "runs" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({"method": "coop", "textrefiner": True, "dataset": "eurosat", "seed": seed,
+                                                      "protocol": "base2novel", "base": 80.0 + seed, "novel": 60.0, "hm": 69.0}))
+    runs = lambda: sorted(str(p) for p in (tmp_path / "runs").iterdir())  # noqa: E731 -- what the shell's runs/* gives
+    assert main(["table", *runs(), "--output", str(tmp_path / "runs" / "table")]) == 0
+    first = capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"seed1", "seed2", "table.md", "table.json"}
+    assert main(["table", *runs()]) == 0
+    out, err = capsys.readouterr()
+    assert out == first and "2 (1,2)" in out
+    assert err.count("note: skipping") == 2 and "table.md" in err and "table.json" in err

@@ -159,3 +159,10 @@ def test_readme_api_table_lists_every_textrefiner_option_with_its_default():
     for name, p in inspect.signature(textrefiner.TextRefiner.__init__).parameters.items():
         if p.kind is p.KEYWORD_ONLY:
             assert f"{name}={p.default!r}" in line, name
+
+
+def test_readme_first_block_sets_up_and_runs_the_main_job():
+    first = _blocks("bash")[0]
+    commands = [re.sub(r"\s+#.*$", "", line).strip() for line in first.strip().splitlines()]
+    assert commands == ['pip install -e ".[test]"', "python -m pytest", "textrefiner demo"], commands
+    assert README.read_text().index("```bash") < README.read_text().index("```python")  # it is the first code block
