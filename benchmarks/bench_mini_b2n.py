@@ -32,10 +32,6 @@ METHODS = [
 ]
 
 
-def _label(r: dict) -> str:
-    return f"{r['method']}{' + TextRefiner' if r.get('textrefiner') else ''}"
-
-
 def _typed(dataset: str) -> str:
     """A dataset as users type it (``mini-colours``)."""
     return dataset.replace("_", "-")
@@ -48,7 +44,7 @@ def summarise(results: list[dict], classes: dict[str, tuple[int, int]]) -> list[
     that of the per-seed HMs.
     """
     from textrefiner._stats import mean_ci
-    from textrefiner.engine import harmonic_mean
+    from textrefiner.results import _label, harmonic_mean
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
@@ -78,7 +74,7 @@ def summarise(results: list[dict], classes: dict[str, tuple[int, int]]) -> list[
 def paired(results: list[dict]) -> list[dict]:
     """Per dataset and learner: TextRefiner - without, seed by seed, for base, novel and HM (mean and 95% interval)."""
     from textrefiner._stats import paired_difference
-    from textrefiner.engine import harmonic_mean
+    from textrefiner.results import harmonic_mean
 
     runs: dict[tuple[str, str, bool], dict[int, dict]] = {}
     for r in results:

@@ -68,7 +68,7 @@ def test_a_global_batch_the_world_does_not_divide_is_refused(tiny_clip_dir, fake
     assert "--batch-size 5 is the global batch and must split evenly over the 2 processes" in capsys.readouterr().err
     assert not out.exists()
     monkeypatch.setenv("WORLD_SIZE", "100")
-    monkeypatch.setattr("textrefiner.engine.load_pretrained", lambda *a: pytest.fail("loaded before refusing"))
+    monkeypatch.setattr("textrefiner.training.build.load_pretrained", lambda *a: pytest.fail("loaded before refusing"))
     assert main(_args(tiny_clip_dir, fake_data_root, out, "--batch-size", "100")) == 2
     assert "12 training image(s) cannot be split over 100 processes" in capsys.readouterr().err
     assert not out.exists()

@@ -134,7 +134,7 @@ def test_compile_mode_reaches_torch_compile_and_may_change_on_resume(tiny_clip_d
         calls.append((kwargs, module.refiner._capture is not None))
         return module
 
-    monkeypatch.setattr(engine.torch, "compile", recording_compile)
+    monkeypatch.setattr(torch, "compile", recording_compile)
     base = dict(dataset="eurosat", root=str(fake_data_root), model=str(tiny_clip_dir), shots=2, epochs=1, batch_size=4,
                 num_workers=0, progress=False, select="last", compile=True)
     engine.train(engine.RunConfig(**base, output_dir=str(tmp_path / "plain")))

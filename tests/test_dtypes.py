@@ -68,7 +68,7 @@ class _FakeCuda:
 
 
 def test_checkpoint_keeps_the_current_devices_cuda_rng_only(monkeypatch):
-    from textrefiner._checkpoint import rng_state, set_rng_state
+    from textrefiner.training.checkpoint import rng_state, set_rng_state
 
     saving = _FakeCuda(gpus=4, current=2)  # rank 2 of a 4-GPU job
     saving.install(monkeypatch)
@@ -296,15 +296,16 @@ def test_a_tf32_run_trains_with_tf32_matmuls_and_restores_the_switches(tiny_clip
     import math
 
     from textrefiner import engine
+    from textrefiner.training import loop
 
     seen = []
-    original = engine._epoch
+    original = loop._epoch
 
     def recording(*args, **kwargs):
         seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_epoch", recording)
+    monkeypatch.setattr(loop, "_epoch", recording)
     cfg = engine.RunConfig(dataset="eurosat", root=str(fake_data_root), output_dir=str(tmp_path / "run"), model=str(tiny_clip_dir),
                            shots=2, epochs=1, batch_size=4, num_workers=0, progress=False, select="last", device="cuda", precision="tf32")
     results = engine.train(cfg)

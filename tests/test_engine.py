@@ -12,8 +12,10 @@ from safetensors.torch import load_file
 
 from textrefiner import TextRefiner
 from textrefiner import engine
-from textrefiner.cli import main, results_table
+from textrefiner.cli import main
+from textrefiner.results import results_table
 from textrefiner.engine import RunConfig, lr_factor
+from textrefiner.training import loop
 
 
 def _cfg(tiny_clip_dir, fake_data_root, out, **kw) -> RunConfig:
@@ -176,7 +178,7 @@ def test_resume_is_bit_identical(tiny_clip_dir, fake_data_root, tmp_path, monkey
 @pytest.mark.slow
 def test_a_save_killed_midway_leaves_the_previous_checkpoint(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
     cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / "run", epochs=2)
-    import textrefiner._checkpoint as ck
+    import textrefiner.training.checkpoint as ck
 
     original = ck.save_file
     count = {"n": 0}
@@ -297,7 +299,7 @@ def test_losses_are_read_once_per_log_interval(tiny_clip_dir, fake_data_root, tm
         reads.append(step)
         return original(method, sums, correct, seen, step)
 
-    monkeypatch.setattr(engine, "_read_logs", counting)
+    monkeypatch.setattr(loop, "_read_logs", counting)
     engine.train(_cfg(tiny_clip_dir, fake_data_root, tmp_path / "run", epochs=1, shots=4, log_every=2))
     assert reads == [2, 3]
     log = json.loads((tmp_path / "run" / "log.json").read_text())
@@ -337,7 +339,7 @@ def test_compile_flag_compiles_the_step_after_the_hooks_are_attached(tiny_clip_d
         seen.append(module.refiner._capture is not None)
         return functools.partial(real, backend="eager")(module, **kwargs)
 
-    monkeypatch.setattr(engine.torch, "compile", eager_compile)
+    monkeypatch.setattr(torch, "compile", eager_compile)
     plain = engine.train(_cfg(tiny_clip_dir, fake_data_root, tmp_path / "plain", epochs=1))
     assert seen == []
     compiled = engine.train(_cfg(tiny_clip_dir, fake_data_root, tmp_path / "compiled", epochs=1, compile=True))
@@ -421,14 +423,14 @@ def test_a_run_says_what_decoding_once_cost(tiny_clip_dir, fake_data_root, tmp_p
 
 
 def test_a_run_refuses_to_decode_more_than_memory_allows(tiny_clip_dir, fake_data_root, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(engine, "_decode_budget", lambda: 1000)
+    monkeypatch.setattr(loop, "_decode_budget", lambda: 1000)
     assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "run")) == 2
     err = capsys.readouterr().err
     assert "training images once would take about" in err and "more than the 1 KiB allowed (80% of the memory available" in err
     assert "of the memory available, shared by the local processes): keep them smaller with --max-image-side" in err
     assert "--no-decode-once" in err
     assert not (tmp_path / "run").exists()  # nothing was written, so no empty run folder is left behind
-    monkeypatch.setattr(engine, "_decode_budget", lambda: None)  # a kernel that does not say: no check
+    monkeypatch.setattr(loop, "_decode_budget", lambda: None)  # a kernel that does not say: no check
     assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "run", "--epochs", "1")) == 0
 
 

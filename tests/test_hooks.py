@@ -11,7 +11,7 @@ from torch import nn
 
 import textrefiner
 from textrefiner import TextRefiner
-from textrefiner._layouts import LAYOUTS
+from textrefiner.hf.layouts import LAYOUTS
 from textrefiner.hooks import cls_attention_row
 
 from _families import FAMILIES, N_PATCHES, build, image_features, image_inputs, vision_attentions

@@ -21,8 +21,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from textrefiner import _checkpoint as ckpt
-from textrefiner import _rundir, engine
+from textrefiner.training import checkpoint as ckpt
+from textrefiner import engine
+from textrefiner.training import rundir as _rundir
 from textrefiner.cli import main
 from textrefiner.engine import NOT_TRAINING, RunConfig
 

@@ -12,6 +12,7 @@ import shutil
 import pytest
 
 from textrefiner import engine
+from textrefiner.training import build
 from textrefiner.cli import build_parser, main
 
 
@@ -27,7 +28,7 @@ def no_loading(monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("the model was loaded before the bad value was refused")
 
-    monkeypatch.setattr(engine, "load_pretrained", forbidden)
+    monkeypatch.setattr(build, "load_pretrained", forbidden)
 
 
 def _refused(capsys, out) -> str:

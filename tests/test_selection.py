@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from textrefiner import engine
+from textrefiner.training import evaluation, loop
 from textrefiner.cli import main
 from textrefiner.engine import RunConfig
 
@@ -38,7 +39,8 @@ def _script_val(monkeypatch, values: list[float]) -> list[int]:
         sizes.append(len(dataset))
         return values.pop(0)
 
-    monkeypatch.setattr(engine, "evaluate", evaluate)
+    monkeypatch.setattr(loop, "evaluate", evaluate)  # the val scores after each epoch
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)  # the test at the end
     return sizes
 
 

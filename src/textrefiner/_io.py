@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -13,10 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from .config import CONFIG_NAME, TextRefinerConfig
 
-if TYPE_CHECKING:
-    from .refiner import TextRefiner
-
 WEIGHTS_NAME = "textrefiner.safetensors"
+# a TextRefiner: this module is imported by refiner.py and does not import it back
+Refiner = TypeVar("Refiner", bound=torch.nn.Module)
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # a Hub id such as "user/textrefiner-coop"
 
 
@@ -42,7 +41,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_refiner(refiner: TextRefiner, save_directory: str | os.PathLike) -> Path:
+def save_refiner(refiner: torch.nn.Module, save_directory: str | os.PathLike) -> Path:
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_save_file(refiner.state_dict(), directory / WEIGHTS_NAME, metadata={"format": "pt", "library": "textrefiner"})
@@ -79,8 +78,8 @@ def _resolve(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Path:
 
 
 def load_refiner(
-    cls: type[TextRefiner], name_or_path: str | os.PathLike, *, device: torch.device | str | None = None, **hub_kwargs: Any
-) -> TextRefiner:
+    cls: type[Refiner], name_or_path: str | os.PathLike, *, device: torch.device | str | None = None, **hub_kwargs: Any
+) -> Refiner:
     directory = _resolve(name_or_path, **hub_kwargs)
     config = TextRefinerConfig.load(directory)
     weights = directory / WEIGHTS_NAME
@@ -94,7 +93,7 @@ def load_refiner(
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = value[~torch.isfinite(value)].flatten()[0].item()
             raise ValueError(f"{weights}: tensor `{key}` holds non-finite values ({bad}); refusing a refiner that would compute NaN")
-    refiner = cls(config, device=device)
+    refiner = cls(config, device=device)  # type: ignore[call-arg]
     load_state(refiner, state, source=str(weights))
     return refiner
 

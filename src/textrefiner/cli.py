@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
+
+from .results import aggregate_results, read_runs, results_table
 
 SMOKE_BANNER = (
     "SMOKE RUN OF THE PIPELINE, NOT A RESULT: a tiny CLIP with random weights on generated images.\n"
@@ -148,7 +149,7 @@ def _given_settings(argv: Sequence[str]) -> set[str]:
 
 
 def _run_config(args: argparse.Namespace):
-    from .engine import RunConfig
+    from .training import RunConfig
 
     method_options: dict[str, Any] = {"ctx_init": args.ctx_init or None}
     if args.n_ctx is not None:
@@ -216,9 +217,8 @@ def _print_results(results: dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import train
-
     from ._summary import run_summary
+    from .training import train
 
     cfg = _run_config(args)
     print(f"recipe: {args.recipe_note}", flush=True)
@@ -232,7 +232,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .engine import RESULTS, RunConfig, evaluate_run
+    from .results import RESULTS
+    from .training import RunConfig, evaluate_run
 
     if not Path(args.run_dir).is_dir():
         raise FileNotFoundError(f"--run-dir {args.run_dir} does not exist" if not Path(args.run_dir).exists() else
@@ -243,7 +244,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overrides["eval_datasets"] = args.eval_datasets
     cfg = dataclasses.replace(cfg, **overrides, progress=not args.no_progress)
     from ._io import atomic_write_text
-    from ._rundir import RunLock
+    from .training.rundir import RunLock
 
     with RunLock(args.run_dir, "eval"):  # no train or other eval writes into the folder meanwhile
         results = evaluate_run(cfg)
@@ -253,131 +254,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- tables
-def _label(r: dict[str, Any]) -> str:
-    return f"{r['method']}{' + TextRefiner' if r.get('textrefiner') else ''}"
-
-
-def aggregate_results(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Average results over seeds: one row per (method, TextRefiner, dataset, protocol)."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    from ._stats import mean_ci
-    from .data import get_dataset_info
-
-    def dataset(name: Any) -> Any:  # one row per dataset however it was spelt (`mini-colours`, `mini_colours`, `EuroSAT`)
-        try:
-            return get_dataset_info(name).name
-        except (TypeError, ValueError):  # a name this version does not know: kept as written
-            return name
-
-    for r in results:
-        groups[(r["method"], bool(r.get("textrefiner")), dataset(r["dataset"]), r.get("protocol", "base2novel"))].append(r)
-    rows = []
-    skip = {"method", "textrefiner", "dataset", "protocol", "seed", "shots", "selected_epoch"}
-    for (method, tr, dataset, protocol), runs in groups.items():
-        metrics = sorted({k for r in runs for k, v in r.items() if k not in skip and isinstance(v, (int, float))})
-        row = {"method": method, "textrefiner": tr, "dataset": dataset, "protocol": protocol, "seeds": sorted(r["seed"] for r in runs)}
-        for m in metrics:
-            values = [r[m] for r in runs if m in r]
-            row[m], half = mean_ci(values)
-            if half is not None:  # the 95% interval over seeds (textrefiner._stats)
-                row[f"{m}_ci95"] = half
-        if protocol == "base2novel":
-            from .engine import harmonic_mean
-
-            row["hm"] = harmonic_mean(row["base"], row["novel"])  # HM of the averages, as papers report
-        rows.append(row)
-    return rows + _dataset_averages(rows)
-
-
-def _dataset_averages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Base-to-novel papers report the mean over datasets: one such row per method with 2+ datasets."""
-    from .engine import harmonic_mean
-
-    by_method: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        if r["protocol"] == "base2novel":
-            by_method[(r["method"], r["textrefiner"])].append(r)
-    averages = []
-    for (method, tr), part in by_method.items():
-        if len(part) < 2:
-            continue
-        base = sum(r["base"] for r in part) / len(part)
-        novel = sum(r["novel"] for r in part) / len(part)
-        seeds = sorted({s for r in part for s in r["seeds"]})
-        averages.append({
-            "method": method, "textrefiner": tr, "dataset": f"average of {len(part)}", "protocol": "base2novel",
-            "seeds": seeds, "base": base, "novel": novel, "hm": harmonic_mean(base, novel),
-        })
-    return averages
-
-
-def results_table(results: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table of results averaged over seeds: mean ± 95% interval over seeds, and how many seeds."""
-    from ._stats import format_ci
-
-    rows = aggregate_results(results)
-    lines = []
-    for protocol in sorted({r["protocol"] for r in rows}):
-        part = [r for r in rows if r["protocol"] == protocol]
-        metrics = ["base", "novel", "hm"] if protocol == "base2novel" else sorted(
-            {k for r in part for k in r if k not in {"method", "textrefiner", "dataset", "protocol", "seeds"} and not k.endswith("_ci95")}
-        )
-        lines.append("| method | dataset | seeds | " + " | ".join(metrics) + " |")
-        lines.append("|---|---|---|" + "---|" * len(metrics))
-        for r in part:
-            cells = [format_ci(r[m], r.get(f"{m}_ci95"), digits=2) if m in r else "" for m in metrics]
-            seeds = f"{len(r['seeds'])} ({','.join(map(str, r['seeds']))})"
-            lines.append(f"| {_label(r)} | {r['dataset']} | {seeds} | " + " | ".join(cells) + " |")
-        lines.append("")
-    if any(k.endswith("_ci95") for r in rows for k in r):
-        lines.append("Mean over seeds ± 95% interval (Student's t over the seeds); HM: the harmonic mean of the mean base and novel accuracies.")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def read_results(path: Path) -> dict[str, Any]:
-    """One run's results.json, checked for what the table needs; the error names the file and the field."""
-    from ._errors import read_json_object
-
-    r = read_json_object(path)
-    needed = {"method": str, "dataset": str, "seed": int}
-    if r.get("protocol", "base2novel") == "base2novel":
-        needed |= {"base": float, "novel": float}
-    for key, kind in needed.items():
-        value = r.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value if kind is float else isinstance(value, kind) and not isinstance(value, bool)
-        if not ok:
-            what = "is missing" if key not in r else f"should be {'a number' if kind is float else kind.__name__}, got {value!r}"
-            raise ValueError(f"{path}: `{key}` {what}")
-    return r
-
-
-def _is_table_output(path: Path) -> bool:
-    """A file `table --output` writes: OUTPUT.md, OUTPUT.png, or OUTPUT.json (a list of rows, where results.json is an object)."""
-    if not path.is_file() or path.name == "results.json":
-        return False
-    if path.suffix in (".md", ".png"):
-        return True
-    try:
-        return path.suffix == ".json" and isinstance(json.loads(path.read_text()), list)
-    except (OSError, ValueError):
-        return False
-
-
 def cmd_table(args: argparse.Namespace) -> int:
-    from .engine import RESULTS
-
-    results, seen = [], set()
-    for run in args.runs:
-        if _is_table_output(Path(run)):  # `table runs/*` after `table --output runs/table`: not a run
-            print(f"note: skipping {run}: a table written by `textrefiner table`, not a run", file=sys.stderr)
-            continue
-        path = Path(run) / RESULTS if Path(run).is_dir() else Path(run)
-        if not path.is_file():
-            raise FileNotFoundError(f"no {RESULTS} in {run}; has the run finished (or run `textrefiner eval`)?")
-        if path.resolve() in seen:  # it would be averaged in twice, as a second seed
-            raise ValueError(f"{run} is given twice (as a folder or its {RESULTS}); name each run once")
-        seen.add(path.resolve())
-        results.append(read_results(path))
+    results = read_runs(args.runs)
     table = results_table(results)
     # OUTPUT.md / .json / .png: a dot inside OUTPUT (`lr0.002`) is kept; a given .md/.json suffix is not doubled
     stem = args.output[: -len(Path(args.output).suffix)] if args.output and Path(args.output).suffix in (".md", ".json") else args.output
@@ -551,8 +429,7 @@ def _did_you_mean(unknown: Sequence[str], parser: argparse.ArgumentParser) -> st
     hints = []
     for word in unknown:
         if word.startswith("--"):
-            close = difflib.get_close_matches(word.split("=", 1)[0], flags, n=1, cutoff=0.6)
-            hints += close
+            hints += difflib.get_close_matches(word.split("=", 1)[0], flags, n=1, cutoff=0.6)
     return f" (did you mean {' / '.join(hints)}?)" if hints else ""
 
 

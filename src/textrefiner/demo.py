@@ -26,13 +26,9 @@ MINI_BANNER = (
 )
 
 
-def _label(r: dict) -> str:
-    return f"{r['method']}{' + TextRefiner' if r.get('textrefiner') else ''}"
-
-
 def demo_table(results: Sequence[dict], classes: dict[str, tuple[int, int]]) -> str:
     """Markdown table: one row per (dataset, method), averaged over seeds, with the chance level."""
-    from .cli import aggregate_results
+    from .results import _label, aggregate_results
 
     rows = [r for r in aggregate_results(results) if not r["dataset"].startswith("average")]
     lines = ["| dataset | classes base/novel | chance base/novel | method | base | novel | HM |", "|---|---|---|---|---|---|---|"]
@@ -66,8 +62,8 @@ def run_b2n(
     from tqdm.auto import tqdm
 
     from .data import get_dataset_info, load_dataset
-    from .engine import RunConfig, train
-    from .mini.zeroshot import zero_shot_b2n
+    from .training import RunConfig, train
+    from .training.zeroshot import zero_shot_b2n
 
     data.mkdir(parents=True, exist_ok=True)
     names = [get_dataset_info(d).name for d in datasets]
@@ -100,7 +96,7 @@ def run_b2n(
 
 def _check_recipe(methods: Sequence[str], *, epochs: int, shots: int, lr: float, batch_size: int, seed: int, model: str) -> None:
     """Refuses a bad recipe value (``ValueError``) before the model loads or anything is printed."""
-    from .engine import RunConfig
+    from .training import RunConfig
 
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
         raise ValueError(f"`shots` should be 0 (all) or more, got {shots!r}")

@@ -12,7 +12,7 @@ Legend: B images, N patches, T = N+1 tokens, w tower width, H heads, d joint emb
 The latest forward overwrites both tensors; nothing older is kept. A prompt learner that
 appends learned tokens after the patches (MaPLe, PromptKD) sets ``num_extra_tokens`` on the
 capture (``refiner._capture``): the hooks slice them off, so the tokens stay CLS + N patches.
-This module imports no transformers: families are recognised by class name (see ``_layouts.py``).
+This module imports no transformers: families are recognised by class name (see ``hf/layouts.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._layouts import SUPPORTED, Layout, find_layout, submodule
+from .hf.layouts import SUPPORTED, Layout, find_layout, submodule
 from .refiner import TextRefiner
 
 # vision tower -> its live capture; one refiner per tower at a time.

@@ -9,6 +9,7 @@ else ``preprocessed_textrefiner.json`` of ours), so later runs pick the same ima
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from pathlib import Path
 
@@ -215,11 +216,17 @@ def read_imagefolder(root: Path, *, split_seed: int = 0, split_dir: Path | None 
     return splits
 
 
+# layout -> the function that draws a generated dataset under a root on first use, named as an entry
+# point ("module:function") and imported only then: the miniature builds on the data layer (it writes
+# CoOp's layout with write_split_json), so the data layer imports no code of it
+GENERATORS = {"mini": "textrefiner.mini.datasets:make_dataset"}
+
+
 def read_mini(info: DatasetInfo, root: Path) -> Splits:
     """A mini dataset (textrefiner.mini): drawn under ``root`` first if its split file is missing."""
     if not (root / info.dataset_dir / info.split_file).is_file():
-        from ..mini.datasets import make_dataset
-
+        module, function = GENERATORS[info.layout].split(":")
+        make_dataset = getattr(importlib.import_module(module), function)
         make_dataset(root, info.dataset_dir)
     return read_zhou(info, root)
 

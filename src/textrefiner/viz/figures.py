@@ -326,7 +326,7 @@ def plot_results(results: Sequence[Mapping[str, Any]], *, title: str | None = No
     """
     import numpy as np
 
-    from ..cli import _label, aggregate_results
+    from ..results import _label, aggregate_results
 
     rows = [r for r in aggregate_results(list(results)) if r["protocol"] == "base2novel"]
     if not rows:

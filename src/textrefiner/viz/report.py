@@ -40,7 +40,11 @@ def load_run(run_dir: str | os.PathLike, *, device: str = "cpu", root: str | Non
         ``(config, method, image_processor)``.
     """
     from .._io import load_state
-    from ..engine import RunConfig, _build, _saved_weights, _training_classnames, resolve_device
+    from ..training import RunConfig
+    from ..training.build import _build
+    from ..training.device import resolve_device
+    from ..training.evaluation import _saved_weights
+    from ..training.run_data import _training_classnames
 
     run_dir = Path(run_dir)
     cfg = RunConfig.load(run_dir)
@@ -154,7 +158,8 @@ def inspect_run(
         ValueError: ``num_images`` < 1, ``top_k`` < 0, or ``output_dir`` is a file.
         ImportError: matplotlib is missing (``pip install "textrefiner[plot]"``).
     """
-    from ..engine import RESULTS, RunConfig
+    from ..results import RESULTS
+    from ..training import RunConfig
 
     run_dir, out = Path(run_dir), Path(output_dir)
     for flag, value, least in (("num_images", num_images, 1), ("top_k", top_k, 0)):  # before anything is written

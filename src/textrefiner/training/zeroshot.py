@@ -1,7 +1,7 @@
 """Zero-shot CLIP on a base-to-novel split: the prompt ``"a photo of a {class}."``, nothing trained.
 
 It is CoOp before its first step (the context initialised from ``"a photo of a"`` is exactly
-those words' embeddings), evaluated by the engine's own ``evaluate`` on the same test
+those words' embeddings), evaluated by training's own ``evaluate`` on the same test
 splits as a trained run, so the numbers compare one to one with ``train``'s.
 """
 
@@ -33,7 +33,11 @@ def zero_shot_b2n(
         progress: tqdm bars.
     """
     from ..data import ImageDataset, load_dataset, transforms_from_processor
-    from ..engine import RunConfig, evaluate, harmonic_mean, load_pretrained, resolve_device
+    from ..results import harmonic_mean
+    from .build import load_pretrained
+    from .config import RunConfig
+    from .device import resolve_device
+    from .evaluation import evaluate
     from ..methods import build_method
 
     dev = resolve_device(device)

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._errors import RunError, read_json_object
+from .._errors import RunError, read_json_object
 
 TENSORS = "checkpoint.safetensors"
 STATE = "trainer_state.json"

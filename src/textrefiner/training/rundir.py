@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._errors import RunError
+from .._errors import RunError
 
 LOCK = ".textrefiner.lock"
 # Everything a run writes into its folder (the engine's names), removed by --overwrite.

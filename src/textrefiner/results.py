@@ -1,0 +1,140 @@
+"""Results: the numbers of one run (``results.json``), averaged over seeds, the harmonic mean,
+and the Markdown table that ``textrefiner table``, the demo, the figures and the benchmarks share."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+RESULTS = "results.json"
+
+
+def harmonic_mean(base: float, novel: float) -> float:
+    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+
+
+def _label(r: dict[str, Any]) -> str:
+    return f"{r['method']}{' + TextRefiner' if r.get('textrefiner') else ''}"
+
+
+def aggregate_results(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Average results over seeds: one row per (method, TextRefiner, dataset, protocol)."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    from ._stats import mean_ci
+    from .data import get_dataset_info
+
+    def dataset(name: Any) -> Any:  # one row per dataset however it was spelt (`mini-colours`, `mini_colours`, `EuroSAT`)
+        try:
+            return get_dataset_info(name).name
+        except (TypeError, ValueError):  # a name this version does not know: kept as written
+            return name
+
+    for r in results:
+        groups[(r["method"], bool(r.get("textrefiner")), dataset(r["dataset"]), r.get("protocol", "base2novel"))].append(r)
+    rows = []
+    skip = {"method", "textrefiner", "dataset", "protocol", "seed", "shots", "selected_epoch"}
+    for (method, tr, dataset, protocol), runs in groups.items():
+        metrics = sorted({k for r in runs for k, v in r.items() if k not in skip and isinstance(v, (int, float))})
+        row = {"method": method, "textrefiner": tr, "dataset": dataset, "protocol": protocol, "seeds": sorted(r["seed"] for r in runs)}
+        for m in metrics:
+            values = [r[m] for r in runs if m in r]
+            row[m], half = mean_ci(values)
+            if half is not None:  # the 95% interval over seeds (textrefiner._stats)
+                row[f"{m}_ci95"] = half
+        if protocol == "base2novel":
+            row["hm"] = harmonic_mean(row["base"], row["novel"])  # HM of the averages, as papers report
+        rows.append(row)
+    return rows + _dataset_averages(rows)
+
+
+def _dataset_averages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Base-to-novel papers report the mean over datasets: one such row per method with 2+ datasets."""
+    by_method: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["protocol"] == "base2novel":
+            by_method[(r["method"], r["textrefiner"])].append(r)
+    averages = []
+    for (method, tr), part in by_method.items():
+        if len(part) < 2:
+            continue
+        base = sum(r["base"] for r in part) / len(part)
+        novel = sum(r["novel"] for r in part) / len(part)
+        seeds = sorted({s for r in part for s in r["seeds"]})
+        averages.append({
+            "method": method, "textrefiner": tr, "dataset": f"average of {len(part)}", "protocol": "base2novel",
+            "seeds": seeds, "base": base, "novel": novel, "hm": harmonic_mean(base, novel),
+        })
+    return averages
+
+
+def results_table(results: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of results averaged over seeds: mean ± 95% interval over seeds, and how many seeds."""
+    from ._stats import format_ci
+
+    rows = aggregate_results(results)
+    lines = []
+    for protocol in sorted({r["protocol"] for r in rows}):
+        part = [r for r in rows if r["protocol"] == protocol]
+        metrics = ["base", "novel", "hm"] if protocol == "base2novel" else sorted(
+            {k for r in part for k in r if k not in {"method", "textrefiner", "dataset", "protocol", "seeds"} and not k.endswith("_ci95")}
+        )
+        lines.append("| method | dataset | seeds | " + " | ".join(metrics) + " |")
+        lines.append("|---|---|---|" + "---|" * len(metrics))
+        for r in part:
+            cells = [format_ci(r[m], r.get(f"{m}_ci95"), digits=2) if m in r else "" for m in metrics]
+            seeds = f"{len(r['seeds'])} ({','.join(map(str, r['seeds']))})"
+            lines.append(f"| {_label(r)} | {r['dataset']} | {seeds} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if any(k.endswith("_ci95") for r in rows for k in r):
+        lines.append("Mean over seeds ± 95% interval (Student's t over the seeds); HM: the harmonic mean of the mean base and novel accuracies.")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """One run's results.json, checked for what the table needs; the error names the file and the field."""
+    from ._errors import read_json_object
+
+    r = read_json_object(path)
+    needed = {"method": str, "dataset": str, "seed": int}
+    if r.get("protocol", "base2novel") == "base2novel":
+        needed |= {"base": float, "novel": float}
+    for key, kind in needed.items():
+        value = r.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value if kind is float else isinstance(value, kind) and not isinstance(value, bool)
+        if not ok:
+            what = "is missing" if key not in r else f"should be {'a number' if kind is float else kind.__name__}, got {value!r}"
+            raise ValueError(f"{path}: `{key}` {what}")
+    return r
+
+
+def _is_table_output(path: Path) -> bool:
+    """A file `table --output` writes: OUTPUT.md, OUTPUT.png, or OUTPUT.json (a list of rows, where results.json is an object)."""
+    if not path.is_file() or path.name == RESULTS:
+        return False
+    if path.suffix in (".md", ".png"):
+        return True
+    try:
+        return path.suffix == ".json" and isinstance(json.loads(path.read_text()), list)
+    except (OSError, ValueError):
+        return False
+
+
+def read_runs(runs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """The results of the runs named by their folders (or their results.json), each once, each checked."""
+    results, seen = [], set()
+    for run in runs:
+        if _is_table_output(Path(run)):  # `table runs/*` after `table --output runs/table`: not a run
+            print(f"note: skipping {run}: a table written by `textrefiner table`, not a run", file=sys.stderr)
+            continue
+        path = Path(run) / RESULTS if Path(run).is_dir() else Path(run)
+        if not path.is_file():
+            raise FileNotFoundError(f"no {RESULTS} in {run}; has the run finished (or run `textrefiner eval`)?")
+        if path.resolve() in seen:  # it would be averaged in twice, as a second seed
+            raise ValueError(f"{run} is given twice (as a folder or its {RESULTS}); name each run once")
+        seen.add(path.resolve())
+        results.append(read_results(path))
+    return results

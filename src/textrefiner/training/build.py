@@ -1,0 +1,70 @@
+"""The run's model: the CLIP-family model loaded by name, and the method built on it."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from ..methods import build_method
+from ..methods._base import Method
+from .config import RunConfig
+from .device import PRECISIONS, resolve_precision
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_pretrained(name_or_path: str) -> tuple[torch.nn.Module, Any, Any]:
+    """Model, tokenizer and image processor from a Hub id or a local folder, with a clear error."""
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    from ..hf.layouts import find_layout
+    from ..mini.model import resolve
+
+    from ..hf.hub import load_offline_first
+
+    def load(name: str, **kwargs: Any) -> tuple[torch.nn.Module, Any, Any]:
+        try:
+            model = AutoModel.from_pretrained(name, **kwargs)
+            find_layout(model)  # an unsupported family is named before anything else is loaded
+            tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+            processor = AutoImageProcessor.from_pretrained(name, **kwargs)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(
+                f"could not load a CLIP-family model from {name!r} (a Hub id or a folder with config.json, "
+                f"weights, tokenizer and preprocessor_config.json): {err}"
+            ) from err
+        return model, tokenizer, processor
+
+    # "mini": the mini CLIP shipped in the package; a Hub id: the local cache first, fail fast offline
+    return load_offline_first(load, resolve(name_or_path), "--model")
+
+
+def _build(cfg: RunConfig, device: torch.device, classnames: list[str], *, cast: bool = True) -> tuple[Method, Any]:
+    """The run's method on ``device``, its frozen towers stored for the run's precision (``cast``).
+
+    The engine loads its own model, so it may store it as the step computes: float32 (whatever
+    dtype the checkpoint was saved in), with the Linear/Conv weights in bf16/fp16 under those
+    precisions, on any device (bit-identical to autocast's cast at every use, see
+    ``_precision.py``). ``cast=False`` keeps the model as loaded, for callers that run the
+    method without autocast.
+    """
+    model, tokenizer, processor = load_pretrained(cfg.model)
+    model.to(device)
+    seed_everything(cfg.seed)  # the learner's initialisation depends on the seed alone
+    options = dict(cfg.method_options)
+    if cfg.teacher is not None:
+        options["teacher"] = cfg.teacher
+    if cfg.kd_weight is not None:
+        options["kd_weight"] = cfg.kd_weight
+    method = build_method(
+        cfg.method, model, tokenizer, classnames, textrefiner=(cfg.refiner_options or True) if cfg.textrefiner else False, **options
+    )
+    method = method.to(device)
+    if cast:  # autocast would re-cast every frozen weight at every use
+        method.cast_frozen(PRECISIONS[resolve_precision(cfg.precision, device)] or torch.float32)
+    return method, processor
