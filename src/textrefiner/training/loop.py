@@ -169,12 +169,16 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             scheduler.step()
         record["seconds"] = time.perf_counter() - t0
-        if val_set is not None and cfg.select == "best-val":  # every rank scores its share of the val images, with rank 0's state
-            with _rank0_state(method, ddp):
+        if epoch == 0 and val_start is not None:  # for the end of `train`: did the prompts move at all?
+            record["val_acc_before_training"] = val_start
+        # best-val scores every epoch; `last` only the last one, to compare with the start
+        if val_set is not None and (cfg.select == "best-val" or epoch + 1 == cfg.epochs):
+            with _rank0_state(method, ddp):  # every rank scores its share of the val images, with rank 0's state
                 record["val_acc"] = evaluate(method, val_set, val_classnames, cfg, device, desc="val", ddp=ddp)
             if val_classnames != classnames:  # back to the training classes (unlabelled PromptKD trains on all)
                 with _autocast(device, cfg.precision):  # the frozen weights may be stored in the autocast dtype
                     method.prepare_eval(classnames)
+        if val_set is not None and cfg.select == "best-val":
             if best["val_acc"] is None or record["val_acc"] > best["val_acc"]:  # strictly better: the first best is kept
                 best = {"epoch": epoch + 1, "val_acc": record["val_acc"]}  # the same on every rank
                 if ddp.main:
@@ -205,11 +209,7 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
         except OSError as err:
             raise RunError(f"could not save the trained weights in {out}: {err.strerror or err}; the checkpoint is kept") from err
     with _rank0_state(method, ddp):  # every rank tests rank 0's (selected) state, on its share of the test images
-        val_end = best["val_acc"]
-        if val_set is not None and cfg.select == "last":
-            val_end = evaluate(method, val_set, val_classnames, cfg, device, desc="val", ddp=ddp)
         results = evaluate_run(cfg, method=method, device=device, selected_epoch=selected, ddp=ddp)
-    results["val_acc"] = {"before_training": val_start, "selected": val_end}  # a dict: tables average only numbers
     if ddp.main:
         atomic_write_text(out / RESULTS, json.dumps(results, indent=2, sort_keys=True) + "\n")
         if method.refiner is not None:  # the refiner's model card names the run it came from
