@@ -1,7 +1,8 @@
-"""CoCoOp, MaPLe and PromptKD with TextRefiner, through the Method API, in plain PyTorch.
+"""CoCoOp, MaPLe, PromptKD, KgCoOp and PromptSRC with TextRefiner, through the Method API, in plain PyTorch.
 
     python examples/learners.py                               # CoCoOp on the mini CLIP shipped with textrefiner, offline
     python examples/learners.py --method maple --no-textrefiner
+    python examples/learners.py --method promptsrc            # IVLP prompts, consistency terms, GPA at the epoch's end
     python examples/learners.py --method promptkd             # a tiny random teacher with a wider joint space
     python examples/learners.py --method promptkd --model openai/clip-vit-base-patch16 \\
         --teacher openai/clip-vit-large-patch14 --device cuda --steps 100
@@ -35,7 +36,7 @@ NOVEL = ["boat", "owl"]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", choices=["cocoop", "maple", "promptkd"], default="cocoop")
+    parser.add_argument("--method", choices=["cocoop", "kgcoop", "maple", "promptkd", "promptsrc"], default="cocoop")
     parser.add_argument("--textrefiner", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--model", default=None, help="student / host model for from_pretrained (default: the mini CLIP shipped with textrefiner)")
     parser.add_argument("--teacher", default=None, help="PromptKD teacher (default: a tiny random CLIP with a 96-d joint space)")
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.step()
         parts = "  ".join(f"{k} {v:.4f}" for k, v in out.parts.items())
         print(f"step {step}/{args.steps}  loss {out.loss.item():.4f}  {parts}")
+    method.end_epoch(1, 1)  # the loop was one epoch: PromptSRC aggregates its prompts here (the others do nothing)
 
     method.eval()
     method.prepare_eval(NOVEL)  # the novel classes: (refined) class embeddings computed once

@@ -8,6 +8,7 @@ nothing the user owns changed (refiner state, model weights and hooks, files on 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 
@@ -254,3 +255,176 @@ def test_unsupported_model_through_the_command(fake_data_root, tmp_path, capsys)
         code = _train(path, fake_data_root, tmp_path / "run")
     assert code == 2
     assert "BertModel" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- decompression bombs
+def _bomb_png(path, size: int = 30000) -> None:
+    """A PNG whose header claims size x size pixels (a few bytes: only the header is ever read)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def _bombed(fake_data_root, root):
+    """A copy of the data with every image replaced by a 30000 x 30000 bomb."""
+    shutil.copytree(fake_data_root, root)
+    for path in root.rglob("*.jpg"):
+        _bomb_png(path)
+    return root
+
+
+def test_decompression_bomb_is_named_before_training(tiny_clip_dir, fake_data_root, tmp_path, capsys):
+    root = _bombed(fake_data_root, tmp_path / "data")
+    assert _train(tiny_clip_dir, root, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("textrefiner ")]) == 1
+    assert f"image {root / 'eurosat' / '2750'}" in err and "is 900,000,000 pixels, more than the limit of 89,478,485" in err
+    assert "raise the limit with --max-image-pixels N (in Python: PIL.Image.MAX_IMAGE_PIXELS = N)" in err
+    assert not (tmp_path / "run").exists()  # refused before any work: no folder, no model loaded
+
+
+def test_decompression_bomb_in_the_test_split_of_eval(tiny_clip_dir, fake_data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(tiny_clip_dir, fake_data_root, out, "--select", "last") == 0
+    results = (out / "results.json").read_bytes()
+    root = _bombed(fake_data_root, tmp_path / "data")
+    assert main(["eval", "--run-dir", str(out), "--root", str(root), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "more than the limit of 89,478,485" in err and "--max-image-pixels" in err
+    assert (out / "results.json").read_bytes() == results
+
+
+def test_the_pixel_limit_can_be_set(tiny_clip_dir, fake_data_root, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from textrefiner.data.transforms import load_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    assert _train(tiny_clip_dir, fake_data_root, tmp_path / "run", "--max-image-pixels", "1000") == 2  # images are about 36 x 36
+    assert re.search(r"\.jpg is \d+x\d+ = [\d,]+ pixels, more than the limit of 1,000", capsys.readouterr().err)
+    assert _train(tiny_clip_dir, fake_data_root, tmp_path / "run", "--max-image-pixels", "-1") == 2
+    assert "--max-image-pixels should be a non-negative int" in capsys.readouterr().err
+    bomb = tmp_path / "bomb.png"
+    _bomb_png(bomb)
+    Image.MAX_IMAGE_PIXELS = 89478485
+    with pytest.raises(ValueError, match=r"bomb.png is 900,000,000 pixels, more than the limit"):  # the Python API: no Pillow traceback
+        load_image(str(bomb))
+
+
+# ---------------------------------------------------------------- non-finite values: the one rule
+def _everything(refiner: TextRefiner) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer, the non-saved refused-write counter included."""
+    return {name: t.detach().clone() for name, t in (*refiner.named_parameters(), *refiner.named_buffers())}
+
+
+def _unchanged(refiner: TextRefiner, before: dict[str, torch.Tensor]) -> bool:
+    now = _everything(refiner)
+    return now.keys() == before.keys() and all(torch.equal(now[k], v) for k, v in before.items())
+
+
+def _poisoned(x: torch.Tensor, value: float) -> torch.Tensor:
+    x = x.clone()
+    x.view(-1)[3] = value
+    return x
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_a_refiner_refuses_non_finite_values_at_every_call_and_changes_nothing(value):
+    """The default (strict): bake, refine, align, update_cache and the losses raise before anything changes."""
+    torch.manual_seed(0)
+    refiner = TextRefiner(D, token_dim=T, cache_size=5)
+    assert refiner.strict
+    text, tokens = torch.randn(C, D), torch.randn(2, 9, T)
+    refiner.train().refine(text, tokens)  # one good step: BatchNorm statistics and the cache are not at their initial values
+    before = _everything(refiner)
+    with pytest.raises(ValueError, match="`text_emb` contains NaN or Inf"):
+        refiner.eval().bake(_poisoned(text, value))
+    refiner.train()
+    for call in (
+        lambda: refiner.refine(_poisoned(text, value), tokens),
+        lambda: refiner.refine(text, _poisoned(tokens, value)),
+        lambda: refiner.align(_poisoned(tokens, value)),
+        lambda: refiner.update_cache(_poisoned(torch.randn(4, D), value)),
+    ):
+        with pytest.raises(ValueError, match="contains NaN or Inf"):
+            call()
+        assert _unchanged(refiner, before)
+    refined = refiner.refine(text, tokens)
+    after_good = _everything(refiner)
+    labels, attention = torch.tensor([0, 1]), torch.rand(2, 8)
+    for kwargs in ({"cls_attention": _poisoned(attention, value)}, {"logit_scale": value}, {"target": _poisoned(torch.randn(2, C), value)}):
+        args = {"target": labels, "logit_scale": 10.0, "cls_attention": attention} | kwargs
+        with pytest.raises(ValueError, match="NaN or Inf|refusing it"):
+            refiner.loss(refined, text, args.pop("target"), **args)
+    assert _unchanged(refiner, after_good)
+
+
+def test_a_users_loop_cannot_step_on_non_finite_tokens():
+    """refine(text, tokens_with_inf) raises, so no backward / opt.step ever sees them: the alignment MLP stays finite."""
+    torch.manual_seed(0)
+    refiner = TextRefiner(D, token_dim=T, cache_size=5).train()
+    optimizer = torch.optim.SGD(refiner.parameters(), lr=0.1, momentum=0.9)
+    text, labels, attention = torch.randn(C, D), torch.tensor([0, 1]), torch.rand(2, 8)
+    for step in range(3):
+        tokens = torch.randn(2, 9, T)
+        if step == 1:
+            tokens[0, 2, 0] = float("inf")
+        before = _everything(refiner)
+        try:
+            refined = refiner.refine(text, tokens)
+        except ValueError:
+            assert step == 1 and _unchanged(refiner, before)
+            continue
+        loss = refiner.loss(refined, text, labels, logit_scale=10.0, cls_attention=attention).total
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    refiner.check_finite()  # nothing refused, every weight finite
+
+
+def test_the_sync_free_path_refuses_writes_and_check_finite_names_poisoned_weights():
+    """strict=False (the methods' and the engine's path): no raise, the write is refused on the device,
+    and a step the user takes anyway poisons the weights, which check_finite() names."""
+    torch.manual_seed(0)
+    refiner = TextRefiner(D, token_dim=T, cache_size=5, strict=False).train()
+    optimizer = torch.optim.SGD(refiner.parameters(), lr=0.1)
+    text, tokens = torch.randn(C, D), torch.randn(2, 9, T)
+    tokens[0, 2, 0] = float("inf")
+    cache = refiner.cache.clone()
+    refined = refiner.refine(text, tokens)  # no error, no host sync
+    assert torch.equal(refiner.cache, cache) and int(refiner.refused_writes) == 1
+    assert not torch.isfinite(refiner.eval().bake(_poisoned(text, float("nan")))).all()  # not checked in this mode
+    refiner.train()
+    refiner.loss(refined, text, torch.tensor([0, 1]), logit_scale=10.0, cls_attention=torch.rand(2, 8)).total.backward()
+    optimizer.step()
+    with pytest.raises(ValueError, match=r"the refiner holds NaN or Inf in alignment\.fc1\.weight"):
+        refiner.check_finite()
+
+
+def test_methods_take_the_sync_free_path_unless_told(monkeypatch):
+    from textrefiner.methods import build_method
+    from textrefiner.testing import tiny_tokenizer
+
+    monkeypatch.delenv("TEXTREFINER_STRICT", raising=False)
+    assert not build_method("coop", tiny_clip(), tiny_tokenizer(), ["a", "b"]).refiner.strict
+    assert build_method("coop", tiny_clip(), tiny_tokenizer(), ["a", "b"], textrefiner={"strict": True}).refiner.strict
+    assert textrefiner.attach(tiny_clip()).strict  # a refiner a user attaches checks values
+    monkeypatch.setenv("TEXTREFINER_STRICT", "1")
+    assert build_method("coop", tiny_clip(), tiny_tokenizer(), ["a", "b"]).refiner.strict
+    monkeypatch.setenv("TEXTREFINER_STRICT", "0")
+    assert not textrefiner.attach(tiny_clip()).strict
+
+
+def test_a_tensor_on_another_device_says_what_to_do():
+    refiner = TextRefiner(D, token_dim=T).train()
+    before = _everything(refiner)
+    with pytest.raises(ValueError, match=r"expected `local_tokens` on cpu .* got a tensor on meta: a meta tensor has shapes but no values .* pass `local_tokens` on cpu"):
+        refiner.refine(torch.randn(C, D), torch.randn(2, 5, T, device="meta"))
+    with pytest.raises(ValueError, match=r"got a tensor on meta: .*pass `text_emb` on cpu"):
+        refiner.bake(torch.randn(C, D, device="meta"))
+    assert _unchanged(refiner, before)

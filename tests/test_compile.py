@@ -71,7 +71,7 @@ def _seeded_method(name: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["coop", "maple"])
+@pytest.mark.parametrize("name", ["coop", "maple", "kgcoop", "promptsrc"])
 def test_method_step_compiles_fullgraph_with_the_hooks_in_place(name):
     """Built (hooks attached) first, compiled second: the compiled step captures the local tokens."""
     method, twin = (_seeded_method(name) for _ in range(2))  # identical, each with its own model and hooks

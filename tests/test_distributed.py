@@ -62,7 +62,7 @@ class Learner(nn.Module):
         gen = torch.Generator().manual_seed(1)
         self.register_buffer("base", torch.randn(C, D, generator=gen))
         self.ctx = nn.Parameter(0.1 * torch.randn(C, D, generator=gen))
-        self.refiner = TextRefiner(D, cache_size=M, top_k=2, sync_batchnorm=sync_batchnorm)
+        self.refiner = TextRefiner(D, cache_size=M, top_k=2, sync_batchnorm=sync_batchnorm, strict=False)  # the sync-free path
 
     def text(self) -> torch.Tensor:
         return F.normalize(self.base + self.ctx, dim=-1)  # (C, d)
@@ -222,6 +222,26 @@ def _syncs_and_refusal(rank: int) -> dict[str, object]:
     return {"syncs": dict(syncs.where), "unchanged": torch.equal(learner.refiner.cache, before), "refused": int(learner.refiner.refused_writes)}
 
 
+def _strict_refusal(rank: int) -> dict[str, object]:
+    """A strict refiner (the default) with NaN tokens on ONE rank: every rank raises, none waits in the
+    write's all-reduce, and the next good step's collectives still pair up."""
+    torch.manual_seed(SEED)
+    refiner = TextRefiner(D, cache_size=M, top_k=2).train()
+    before = refiner.cache.clone()
+    text = torch.randn(C, D)
+    tokens = torch.randn(2, N1, D)
+    if rank == 1:
+        tokens[0, 0, 0] = float("nan")
+    try:
+        refiner.refine(text, tokens)
+        message = None
+    except ValueError as err:
+        message = str(err)
+    unchanged = torch.equal(refiner.cache, before)
+    refiner.update_cache(torch.randn(4, D))  # a collective write: hangs if the ranks fell out of step
+    return {"message": message, "unchanged": unchanged, "cache": refiner.cache.clone()}
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     if sys.platform.startswith("linux"):
@@ -234,6 +254,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         results["empty"] = _empty_slice(rank)
         results["sync_bn"] = _train_ddp(rank, [4, 4], False, "init", sync=True)
         results["syncs"] = _syncs_and_refusal(rank)
+        results["strict"] = _strict_refusal(rank)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -281,6 +302,13 @@ def test_ddp_step_is_sync_free_and_a_bad_slice_is_refused_on_every_rank(ranks):
     for rank in ranks:
         assert rank["syncs"]["syncs"] == {}  # no item/bool/... from textrefiner code, collectives included
         assert rank["syncs"]["unchanged"] and rank["syncs"]["refused"] == 1  # the caches stay equal
+
+
+def test_strict_refusal_of_one_ranks_nan_raises_on_every_rank(ranks):
+    for rank in ranks:
+        assert "`local_tokens` contains NaN or Inf (on this or another rank)" in rank["strict"]["message"]
+        assert rank["strict"]["unchanged"]
+    assert torch.equal(ranks[0]["strict"]["cache"], ranks[1]["strict"]["cache"])
 
 
 def test_batchnorm_statistics_are_per_rank(ranks):

@@ -19,7 +19,7 @@ def _method(name: str, dtype: torch.dtype, device: str = "cpu"):
     return build_method(name, tiny_clip().to(device, dtype), tiny_tokenizer(), CLASSES, **options).train().to(device)
 
 
-@pytest.mark.parametrize("name", ["coop", "cocoop", "maple", "promptkd"])
+@pytest.mark.parametrize("name", ["coop", "cocoop", "kgcoop", "maple", "promptkd", "promptsrc"])
 def test_trained_weights_are_float32_on_a_half_precision_model(name):
     """A checkpoint saved in fp16 loads as fp16; fp16 trained weights would break GradScaler's unscale."""
     method = _method(name, torch.float16)
@@ -109,7 +109,7 @@ def _low_and_float32(model) -> tuple[list, list]:
     return low, [p for p in model.parameters() if id(p) not in ids and p.is_floating_point()]
 
 
-@pytest.mark.parametrize("name", ["coop", "cocoop", "maple", "promptkd"])
+@pytest.mark.parametrize("name", ["coop", "cocoop", "kgcoop", "maple", "promptkd", "promptsrc"])
 def test_frozen_models_cast_once_and_trained_weights_stay_float32(name):
     method = _method(name, torch.float32)
     method.cast_frozen(torch.bfloat16)
@@ -132,7 +132,7 @@ def test_frozen_models_cast_once_and_trained_weights_stay_float32(name):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name", ["coop", "cocoop", "maple", "promptkd"])
+@pytest.mark.parametrize("name", ["coop", "cocoop", "kgcoop", "maple", "promptkd", "promptsrc"])
 def test_cast_once_is_bit_identical_to_autocasts_cast_at_every_use(name, dtype, device):
     """Casting the frozen matmul weights once changes speed, never a bit: the same two training steps."""
     def seeded():
@@ -313,3 +313,15 @@ def test_a_tf32_run_trains_with_tf32_matmuls_and_restores_the_switches(tiny_clip
     assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == matmul_switches
     assert math.isfinite(results["hm"])
     assert engine.RunConfig.load(tmp_path / "run").precision == "tf32"
+
+
+def test_promptsrc_terms_are_float32_under_bf16_autocast():
+    """The consistency terms are small L1 gaps between unit vectors: in bf16 they would round to a few values."""
+    method = _method("promptsrc", torch.float32)
+    method.cast_frozen(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = method(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    ours = {k: v.dtype for k, v in out.parts.items() if k == "cls" or k.startswith("scl_")}
+    assert out.logits.dtype == torch.float32 and set(ours.values()) == {torch.float32} and len(ours) == 4, ours
+    out.loss.backward()
+    assert torch.isfinite(out.loss)

@@ -36,7 +36,7 @@ def _env() -> dict[str, str]:
 
 
 def test_every_example_is_covered():
-    assert EXAMPLES == ["accelerate_loop.py", "coop_textrefiner.py", "learners.py", "quickstart.py"]
+    assert EXAMPLES == ["accelerate_loop.py", "coop_textrefiner.py", "dassl_trainer.py", "learners.py", "quickstart.py"]
 
 
 @pytest.mark.slow
@@ -44,6 +44,8 @@ def test_every_example_is_covered():
 def test_example_runs_with_its_defaults_and_leaves_the_clone_clean(name, tmp_path):
     if name == "accelerate_loop.py" and importlib.util.find_spec("accelerate") is None:
         pytest.skip('Hugging Face Accelerate is not installed (pip install "textrefiner[accelerate]")')
+    if name == "dassl_trainer.py" and importlib.util.find_spec("clip") is None:
+        pytest.skip("OpenAI's clip code is not installed (pip install openai-clip; it is in the test extra)")
     before = _git_status()
     env = dict(_env(), TMPDIR=str(tmp_path))  # the folder an example saves into by default is the test's, not left in /tmp
     done = subprocess.run([sys.executable, f"examples/{name}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

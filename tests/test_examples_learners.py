@@ -22,7 +22,8 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    ("method", "refiner"), [("cocoop", True), ("maple", True), ("promptkd", True), ("promptkd", False)]
+    ("method", "refiner"),
+    [("cocoop", True), ("maple", True), ("promptkd", True), ("promptkd", False), ("kgcoop", True), ("promptsrc", True), ("promptsrc", False)],
 )
 def test_example_trains_and_predicts_novel_classes(tmp_path, method, refiner):
     proc = _run(tmp_path, "--method", method, "--steps", "2", "--batch-size", "2", *([] if refiner else ["--no-textrefiner"]))

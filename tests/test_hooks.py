@@ -357,7 +357,7 @@ def _resnet():
     [
         (_bert, "BertModel"),
         (_resnet, "ResNetModel"),
-        (lambda: build("CLIPModel").vision_model, "CLIPVisionModel"),
+        (lambda: build("CLIPModel").text_model, "CLIPTextModel"),
         (lambda: nn.Linear(3, 3), "Linear"),
     ],
 )
@@ -439,13 +439,18 @@ def test_copied_or_pickled_refiner_comes_back_detached():
     assert refiner.local_tokens is not None and clone.local_tokens is None and loaded.local_tokens is None
 
 
-@pytest.mark.parametrize("name", ["SiglipVisionModel", "Siglip2VisionModel", "MetaClip2VisionModelWithProjection"])
+@pytest.mark.parametrize(
+    "name", ["SiglipVisionModel", "Siglip2VisionModel", "MetaClip2VisionModelWithProjection", "CLIPVisionModel", "MetaClip2VisionModel"]
+)
 def test_vision_only_variants(name):
     import transformers as tf
 
     from _families import _VISION, PROJECTION
 
-    if name.startswith("Siglip2"):
+    if name in ("CLIPVisionModel", "MetaClip2VisionModel"):  # no projection: tokens post-normed, width hidden_size
+        config = getattr(tf, name.replace("Model", "Config"))(**_VISION)
+        model = getattr(tf, name)(config)
+    elif name.startswith("Siglip2"):
         model = tf.Siglip2VisionModel(tf.Siglip2VisionConfig(**_VISION, num_patches=N_PATCHES))
     elif name.startswith("Siglip"):
         model = tf.SiglipVisionModel(tf.SiglipVisionConfig(**_VISION))
@@ -459,6 +464,8 @@ def test_vision_only_variants(name):
     assert refiner.local_tokens.shape == (2, N_PATCHES + 1, feature.shape[-1])
     assert refiner.cls_attention.shape == (2, N_PATCHES)
     torch.testing.assert_close(refiner.local_tokens[:, 0], feature, atol=1e-5, rtol=0)
+    if name in ("CLIPVisionModel", "MetaClip2VisionModel"):
+        torch.testing.assert_close(refiner.local_tokens, model.post_layernorm(out.last_hidden_state), atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------------------- eval: no work at all

@@ -69,5 +69,5 @@ def test_eval_logits_need_prepare_eval():
 
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown method 'nope'; expected one of \['cocoop', 'coop', 'maple', 'promptkd'\]"):
+    with pytest.raises(ValueError, match=r"unknown method 'nope'; expected one of \['cocoop', 'coop', 'kgcoop', 'maple', 'promptkd', 'promptsrc'\]"):
         build_method("nope", None, None, CLASSES)

@@ -18,6 +18,7 @@ COOP, COCOOP, MAPLE, PROMPTKD = (
     "coop_vit_b16_ep10_ctxv1", "cocoop_vit_b16_c4_ep10_batch1_ctxv1", "maple_vit_b16_c2_ep5_batch4_2ctx",
     "promptkd_vit_b16_c2_ep20_batch8_4+4ctx",
 )
+PROMPTSRC, KGCOOP = "promptsrc_vit_b16_c2_ep20_batch4_4+4ctx", "kgcoop_vit_b16_ep100_ctxv1"
 BASE = dict(dataset="eurosat", root="r", output_dir="o")
 
 
@@ -77,6 +78,32 @@ def test_recipes_hold_the_release_numbers():
                ("imagenet", "caltech101", "eurosat", "food101", "oxford_pets", "stanford_cars", "sun397", "ucf101",
                 "fgvc_aircraft", "oxford_flowers", "dtd", "Flowers102")}
     assert weights == {d: 200.0 if d in ("fgvc_aircraft", "oxford_flowers", "dtd", "Flowers102") else 1000.0 for d in weights}
+
+
+def test_promptsrc_and_kgcoop_recipes_hold_the_release_numbers():
+    src = _cfg(PROMPTSRC)
+    assert (src.method, src.lr, src.epochs, src.batch_size, src.select, src.shots, src.subsample) == ("promptsrc", 0.0025, 20, 4, "last", 16, "base")
+    assert (src.warmup_epochs, src.warmup_lr) == (1, 1e-5)
+    assert src.method_options == {"n_ctx": 4, "n_ctx_vision": 4, "ctx_init": "a photo of a", "prompt_depth": 9,
+                                  "text_weight": 25.0, "image_weight": 10.0, "gpa_mean": 15.0, "gpa_std": 1.0}
+    xd = _cfg(f"{PROMPTSRC}_cross_datasets")
+    assert (xd.subsample, xd.epochs, xd.method_options["prompt_depth"]) == ("all", 20, 3)
+    assert (xd.method_options["gpa_mean"], xd.method_options["gpa_std"]) == (6.0, 10.0)
+    few = "promptsrc_vit_b16_c2_ep50_batch4_4+4ctx_few_shot"
+    gpa = {d: (_cfg(few, dataset=d).method_options["gpa_mean"], _cfg(few, dataset=d).method_options["gpa_std"]) for d in
+           ("imagenet", "caltech101", "oxford_pets", "food101", "ucf101", "sun397", "stanford_cars", "flowers102", "fgvc_aircraft",
+            "dtd", "eurosat")}
+    low = ("stanford_cars", "flowers102", "fgvc_aircraft", "dtd", "eurosat")
+    assert gpa == {d: (45.0, 5.0) if d in low else (30.0, 30.0) for d in gpa}
+    assert _cfg(few).epochs == 50
+
+    kg = _cfg(KGCOOP)
+    assert (kg.method, kg.lr, kg.epochs, kg.batch_size, kg.select, kg.shots, kg.subsample) == ("kgcoop", 0.002, 100, 128, "last", 16, "base")
+    assert (kg.method_options["kg_weight"], kg.method_options["n_ctx"], kg.method_options["ctx_init"]) == (8.0, 4, "a photo of a")
+    from textrefiner.learners.templates import DATASET_TEMPLATES
+
+    for dataset, template in DATASET_TEMPLATES.items():  # the recipe's hand-made prompts are the release's table
+        assert _cfg(KGCOOP, dataset=dataset).method_options["template"] == template, dataset
 
 
 def test_recipe_kd_weights_agree_with_the_default_table():

@@ -317,9 +317,9 @@ def test_bad_tokens_are_refused_and_nothing_changes(case):
 
 @pytest.mark.parametrize("case", ["nan", "inf"])
 def test_non_finite_tokens_are_refused_on_the_device_and_reported_later(case):
-    """Default (non-strict) mode: no raise, no host sync; the write is refused and counted, check_writes raises."""
+    """strict=False (the methods' mode): no raise, no host sync; the write is refused and counted, check_writes raises."""
     bad = BAD_TOKENS[case][0]
-    refiner = _refiner().train()
+    refiner = _refiner(strict=False).train()
     state = {k: v.clone() for k, v in refiner.state_dict().items()}
     refiner.refine(torch.randn(C, D), bad)  # no error here
     assert all(torch.equal(v, refiner.state_dict()[k]) for k, v in state.items())  # cache and BN stats untouched
@@ -335,6 +335,8 @@ def test_non_finite_tokens_are_refused_on_the_device_and_reported_later(case):
 
 
 def test_strict_mode_follows_the_environment(monkeypatch):
+    monkeypatch.delenv("TEXTREFINER_STRICT", raising=False)
+    assert _refiner().strict and not _refiner(strict=False).strict  # a refiner checks values by default
     monkeypatch.setenv("TEXTREFINER_STRICT", "1")
     assert _refiner().strict and not _refiner(strict=False).strict
     monkeypatch.setenv("TEXTREFINER_STRICT", "0")

@@ -317,6 +317,14 @@ def _drop_meta(key):
     return damage
 
 
+def _set_meta(key, value):
+    def damage(out: Path) -> None:
+        path = out / "checkpoint" / ckpt.STATE
+        path.write_text(json.dumps(json.loads(path.read_text()) | {key: value}))
+
+    return damage
+
+
 def _drop_tensors(prefix, *, unlisted=False):
     def damage(out: Path) -> None:
         path = out / "checkpoint" / ckpt.TENSORS
@@ -336,8 +344,11 @@ def _drop_tensors(prefix, *, unlisted=False):
         (_drop_tensors("optimizer."), "checkpoint.safetensors is damaged: it lacks ['optimizer.0.momentum_buffer'"),
         (_drop_tensors("rng."), "checkpoint.safetensors is damaged: it lacks ['rng.torch']"),
         (_drop_tensors("optimizer.", unlisted=True), "would silently reset"),
+        (_set_meta("log", 5), "trainer_state.json: `log` should hold a JSON list of epoch records, got int 5"),
+        (_set_meta("log", [{"epoch": 1, "loss": "low"}]), "trainer_state.json: `log`: record 1: `loss` should be a number or null, got 'low'"),
+        (_set_meta("best", [1]), "trainer_state.json: `best` should hold a JSON object, got list [1]"),
     ],
-    ids=["no-epoch", "no-rng", "no-optimizer", "no-rng-tensor", "no-optimizer-old-format"],
+    ids=["no-epoch", "no-rng", "no-optimizer", "no-rng-tensor", "no-optimizer-old-format", "log-int", "log-field", "best-list"],
 )
 def test_damaged_checkpoint_is_refused_by_name(finished, tiny_clip_dir, fake_data_root, tmp_path, capsys, damage, expected):
     out = _copy(finished, tmp_path)
@@ -375,6 +386,27 @@ def test_table_names_the_bad_results_file(tmp_path, capsys, content, expected):
     assert str(path) in message and expected in message
 
 
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("log.json", "5", "log.json should hold a JSON list of epoch records, got int 5"),
+        ("log.json", '[{"epoch": 1, "loss": 2.0}, 7]', "log.json: record 2 should hold a JSON object, got int 7"),
+        ("log.json", '[{"loss": 2.0}]', "log.json: record 1: `epoch` is missing"),
+        ("log.json", '[{"epoch": 0}]', "log.json: record 1: `epoch` should be a positive int, got 0"),
+        ("results.json", '{"method": 3}', "results.json: `method` should be a string, got 3"),
+        ("results.json", '{"selected_epoch": "last"}', "results.json: `selected_epoch` should be an int or null, got 'last'"),
+        ("results.json", "[1]", "results.json should hold a JSON object, got list [1]"),
+    ],
+)
+def test_inspect_names_the_damaged_file_and_field(finished, tmp_path, capsys, name, content, expected):
+    """`inspect` read log.json and results.json as they came ("'int' object is not subscriptable")."""
+    out = _copy(finished, tmp_path)
+    (out / name).write_text(content)
+    assert main(["inspect", str(out), "--output-dir", str(tmp_path / "pictures")]) == 2
+    message = _error(capsys)
+    assert f"error: {out / name}" in message and expected in message, message
+
+
 def test_table_refuses_a_run_given_twice_and_writes_where_told(tmp_path, capsys):
     run = tmp_path / "seed1"
     run.mkdir()
@@ -389,7 +421,12 @@ def test_table_refuses_a_run_given_twice_and_writes_where_told(tmp_path, capsys)
 
 
 # ---------------------------------------------------------------- disk full
-def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_clip_dir, fake_data_root, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("how", ["safetensors", "oserror"])
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(how, tiny_clip_dir, fake_data_root, tmp_path, capsys, monkeypatch):
+    """The second checkpoint save runs out of room partway: one line naming the folder and the space
+    needed, exit 2, the epoch 1 checkpoint whole; with room again, --resume gives the uninterrupted run's bytes."""
+    from safetensors import SafetensorError
+
     out = tmp_path / "run"
     original = ckpt.save_file
     count = {"n": 0}
@@ -398,12 +435,48 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_clip_dir, fak
         count["n"] += 1
         if count["n"] == 2:
             Path(path).write_bytes(b"partial")
+            if how == "safetensors":  # what safetensors raises on a full tmpfs
+                raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         return original(tensors, path, *a, **k)
 
     monkeypatch.setattr(ckpt, "save_file", full_on_second_save)
     assert main(_args(tiny_clip_dir, fake_data_root, out, "--epochs", "2")) == 2
     message = _error(capsys)
-    assert "No space left on device" in message and "the epoch 1 checkpoint is kept" in message
+    assert f"could not save the epoch 2 checkpoint in {out / 'checkpoint'}: no space left on the device of {out}" in message
+    assert "this write needs about " in message and " free now" in message and "the epoch 1 checkpoint is kept" in message
     assert ckpt.read_checkpoint(out / "checkpoint")[1]["epoch"] == 1
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temporary folder, no lock
+    monkeypatch.setattr(ckpt, "save_file", original)  # space freed
+    assert main(_args(tiny_clip_dir, fake_data_root, out, "--epochs", "2", "--resume")) == 0
+    whole = tmp_path / "whole"
+    assert main(_args(tiny_clip_dir, fake_data_root, whole, "--epochs", "2")) == 0
+    assert (out / "results.json").read_bytes() == (whole / "results.json").read_bytes()
+    for name in ("method.safetensors", "refiner/textrefiner.safetensors", "checkpoint/checkpoint.safetensors"):
+        a, b = load_file(str(out / name)), load_file(str(whole / name))  # (the header's key order is not fixed)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_disk_full_while_writing_any_run_file_is_one_line(tiny_clip_dir, fake_data_root, tmp_path, capsys, monkeypatch):
+    """best.safetensors, method.safetensors and the JSON files go through the same writers: one line, exit 2."""
+    from safetensors import SafetensorError
+
+    from textrefiner import _io
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(_io, "save_file", full)  # best.safetensors (best-val) is the first it writes
+    assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "a", "--select", "best-val")) == 2
+    assert f"no space left on the device of {tmp_path / 'a'}: this write needs about" in _error(capsys)
+    monkeypatch.undo()
+    real_replace = os.replace
+
+    def full_text(src, dst):
+        if str(dst).endswith("log.json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(_io.os, "replace", full_text)
+    assert main(_args(tiny_clip_dir, fake_data_root, tmp_path / "b")) == 2
+    assert f"no space left on the device of {tmp_path / 'b'}" in _error(capsys)

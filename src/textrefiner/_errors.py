@@ -15,12 +15,17 @@ class RunError(ValueError):
     """
 
 
-def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; a :class:`RunError` naming the file when it is not one."""
+def read_json(path: Path) -> Any:
+    """The JSON value in ``path``; a :class:`RunError` naming the file when it is not valid JSON."""
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RunError(f"{path} is not valid JSON: {err}") from err
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; a :class:`RunError` naming the file when it is not one."""
+    data = read_json(path)
     if not isinstance(data, dict):
         raise RunError(f"{path} should hold a JSON object, got {type(data).__name__}")
     return data

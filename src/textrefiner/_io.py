@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ._space import write_error
 from .config import CONFIG_NAME, TextRefinerConfig
 
 WEIGHTS_NAME = "textrefiner.safetensors"
@@ -20,23 +21,41 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # a Hub id such as "user/t
 
 
 def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """``safetensors.torch.save_file`` through a temporary file and a rename: never half-written."""
+    """``safetensors.torch.save_file`` through a temporary file and a rename: never half-written.
+
+    Raises:
+        OSError: the write failed (a full disk: :class:`~textrefiner._space.NoSpaceError`, naming
+            the folder and the space needed); ``path`` is as it was.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:
+        raise write_error(err, path.parent, [tensor_bytes(tensors)]) from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    """About the size of ``tensors`` in a safetensors file (data, plus a header line per tensor)."""
+    return sum(t.numel() * t.element_size() + 100 + len(name) for name, t in tensors.items())
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file through a temporary file and a rename: readers see the old or the new text."""
+    """Write a text file through a temporary file and a rename: readers see the old or the new text.
+
+    Raises:
+        OSError: as :func:`atomic_save_file`.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
+    except OSError as err:
+        raise write_error(err, path.parent, [len(text.encode())]) from None
     finally:
         tmp.unlink(missing_ok=True)
 

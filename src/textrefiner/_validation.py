@@ -43,7 +43,10 @@ def check_tensor(
     if x.numel() == 0:
         raise ValueError(f"expected a non-empty `{name}` of shape {shape}, got an empty batch {tuple(x.shape)}")
     if device is not None and x.device != device:
-        raise ValueError(f"expected `{name}` on {device} (where the refiner is), got a tensor on {x.device}")
+        hint = f"move it there with `{name}.to('{device}')`, or the refiner with `refiner.to('{x.device}')`"
+        if x.device.type == "meta":  # shapes without values: a model built on meta whose weights were never loaded
+            hint = f"a meta tensor has shapes but no values (weights never loaded?): load them, then pass `{name}` on {device}"
+        raise ValueError(f"expected `{name}` on {device} (where the refiner is), got a tensor on {x.device}: {hint}")
     if finite and not bool(torch.isfinite(x).all()):
         raise ValueError(f"`{name}` contains NaN or Inf; refusing it so the cache stays as it was")
     return x

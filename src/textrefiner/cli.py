@@ -78,7 +78,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--select", default="auto", choices=["auto", "best-val", "last"],
         help="model selection: best-val scores the val split after every epoch and tests the first epoch with the best "
         "accuracy (the release's base-to-novel choice); last tests the last epoch (cross-dataset); auto: best-val unless "
-        "--subsample all (--model mini: last, the mini recipe's)",
+        "--subsample all or --method promptsrc (its GPA aggregate is the last epoch); --model mini: last, the mini recipe's",
     )
     p.add_argument(
         "--val-split", default="val", choices=["val", "test"],
@@ -98,13 +98,16 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-datasets", nargs="*", default=[], help="cross-dataset / domain-generalisation targets, tested after training on all classes (--subsample all) (default: none)")
     p.add_argument("--n-ctx", type=int, default=None, help="context tokens (default: from --ctx-init, else 4)")
     p.add_argument("--ctx-init", default="a photo of a", help='context initialisation words; "" for random')
-    p.add_argument("--prompt-depth", type=int, default=None, help="MaPLe / PromptKD: layers with prompts (default: 9 of 12, 3/4 of the depth)")
+    p.add_argument("--prompt-depth", type=int, default=None, help="MaPLe / PromptKD / PromptSRC: layers with prompts (default: 9 of 12, 3/4 of the depth)")
     p.add_argument("--class-specific", action="store_true", help="CoOp: one context per class (CSC, class-specific context)")
     p.add_argument(
         "--max-prompts", type=int, default=None,
         help="CoCoOp: the most (image, class) prompts per text pass; a bigger batch runs in chunks of whole images with "
         "activation checkpointing, the same results in less memory (default: 4096)",
     )
+    p.add_argument("--gpa-mean", type=float, default=None, help="PromptSRC: mean epoch of the Gaussian prompt aggregation (default: 15)")
+    p.add_argument("--gpa-std", type=float, default=None, help="PromptSRC: its standard deviation in epochs (default: 1)")
+    p.add_argument("--kg-weight", type=float, default=None, help="KgCoOp: W, the weight of 1 - cos(prompted, hand-made prompt) (default: 8)")
     p.add_argument("--teacher", default=None, help="PromptKD: teacher model id or folder (default: none; required for promptkd)")
     p.add_argument(
         "--kd-weight", type=float, default=None,
@@ -132,6 +135,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 _OPTION_OF_FLAG = {
     "n_ctx": "method_options.n_ctx", "ctx_init": "method_options.ctx_init", "class_specific": "method_options.class_specific",
     "prompt_depth": "method_options.prompt_depth", "max_prompts": "method_options.max_prompts", "cache_size": "refiner_options.cache_size",
+    "gpa_mean": "method_options.gpa_mean", "gpa_std": "method_options.gpa_std", "kg_weight": "method_options.kg_weight",
     "alpha": "refiner_options.alpha", "semantic_weight": "refiner_options.semantic_weight",
     "regularization_weight": "refiner_options.regularization_weight", "sync_batchnorm": "refiner_options.sync_batchnorm",
     "no_progress": "progress",
@@ -160,6 +164,9 @@ def _run_config(args: argparse.Namespace):
         method_options["class_specific"] = True
     if args.max_prompts is not None:
         method_options["max_prompts"] = args.max_prompts
+    for name in ("gpa_mean", "gpa_std", "kg_weight"):
+        if getattr(args, name) is not None:
+            method_options[name] = getattr(args, name)
     refiner = {
         k: getattr(args, k)
         for k in ("cache_size", "alpha", "semantic_weight", "regularization_weight")
@@ -407,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
+    for name in ("train", "eval", "inspect"):  # the commands that read the user's images
+        sub.choices[name].add_argument(
+            "--max-image-pixels", type=int, default=None, metavar="N",
+            help="refuse images over N pixels (width x height) before any work, a guard against decompression bombs; "
+            "sets PIL.Image.MAX_IMAGE_PIXELS, 0 for no limit (default: Pillow's, 89,478,485); not a training setting",
+        )
     for name in ("train", "eval", "inspect", "demo"):  # the commands that load models
         sub.choices[name].add_argument(
             "--verbose", action="store_true", help="also show transformers' own progress bars (Loading weights, Writing model shards)"
@@ -463,6 +476,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "verbose", True):
         _quiet_hf()
     try:
+        if getattr(args, "max_image_pixels", None) is not None:
+            from .data._pixels import set_pixel_limit
+
+            set_pixel_limit(args.max_image_pixels)
         return args.func(args)
     except (ValueError, OSError, TypeError, ImportError) as err:  # OSError: a folder or disk the user can fix
         print(f"textrefiner {args.command}: error: {err}", file=sys.stderr)

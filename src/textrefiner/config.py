@@ -24,7 +24,7 @@ class TextRefinerConfig:
     cache_size: int = 25  # M: number of local-cache slots
     alpha: float = 0.2  # weight of the fused aggregate in the refined embedding (docs/method.md §4)
     momentum: float = 0.8  # gamma: how much of a cache slot survives one write (docs/method.md §3)
-    top_k: int = 5  # k: patches with the highest CLS attention used by the semantic loss
+    top_k: int = 5  # k: patches with the highest CLS attention used by the semantic loss (at most N, else refused)
     semantic_weight: float = 0.02  # lambda_1: weight of the semantic loss (1/50)
     regularization_weight: float = 20.0  # lambda_2: weight of the regularisation loss
     kd_temperature: float = 1.0  # temperature of the semantic KL when targets are teacher logits

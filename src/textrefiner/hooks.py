@@ -13,21 +13,23 @@ The latest forward overwrites both tensors; nothing older is kept. A prompt lear
 appends learned tokens after the patches (MaPLe, PromptKD) sets ``num_extra_tokens`` on the
 capture (``refiner._capture``): the hooks slice them off, so the tokens stay CLS + N patches.
 This module imports no transformers: families are recognised by class name (see ``hf/layouts.py``).
+OpenAI ``clip``-format models (and open_clip's ViT) are recognised by structure and hooked by
+``openai_clip.OpenAICapture``; :func:`attach` picks the capture. What every capture shares (the
+refiner held weakly, the handles, copying) is ``_capture.Capture``.
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
 from torch import nn
 
-from .hf.layouts import SUPPORTED, Layout, find_layout, submodule
+from ._capture import _ATTACHED, Capture
+from ._openai_layouts import find_openai_tower, supported_models
+from .hf.layouts import SUPPORTED, Layout, hf_layout, submodule
+from .openai_clip import OpenAICapture
 from .refiner import TextRefiner
-
-# vision tower -> its live capture; one refiner per tower at a time.
-_ATTACHED: weakref.WeakKeyDictionary[nn.Module, VisionCapture] = weakref.WeakKeyDictionary()
 
 
 def cls_attention_row(
@@ -73,17 +75,12 @@ def _is_compiled(module: nn.Module) -> bool:
     return type(module).__name__ == "OptimizedModule" or getattr(module, "_compiled_call_impl", None) is not None
 
 
-class VisionCapture:
-    """The hooks :func:`attach` adds to one model; ``remove()`` takes every one of them off.
-
-    The capture holds the refiner weakly: if the refiner is garbage-collected without
-    :meth:`TextRefiner.detach`, the hooks remove themselves at the next forward.
-    """
+class VisionCapture(Capture):
+    """The hooks on a transformers model of a family in ``_layouts.LAYOUTS``."""
 
     def __init__(self, model: nn.Module, layout: Layout) -> None:
-        self.model_class = type(model).__name__
+        super().__init__(model, submodule(model, layout.tower, "vision tower"))
         self.layout = layout
-        self.tower = submodule(model, layout.tower, "vision tower")
         layers = submodule(self.tower, layout.layers, "encoder layers")
         if not isinstance(layers, (nn.ModuleList, nn.Sequential)) or len(layers) == 0:
             raise ValueError(f"expected a non-empty list of encoder layers at `{layout.layers}` of {self.model_class}, got {type(layers).__name__}")
@@ -97,23 +94,6 @@ class VisionCapture:
         else:
             head = submodule(self.tower, layout.pool_head, "attention-pooling head")  # type: ignore[arg-type]
             self.attention = submodule(head, "attention", "pooling head's attention")
-        self._target: weakref.ref[TextRefiner] | None = None
-        self.capture_in_eval = False
-        # Learned prompt tokens a prompt learner appends after the patches (MaPLe, PromptKD's
-        # vision prompts): sliced off the end of the sequence, so local tokens stay CLS + N patches.
-        self.num_extra_tokens = 0
-        self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None  # last layer's attention input
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    # A copied or pickled *model* (copy.deepcopy, torch.save + torch.load) carries copies of these
-    # hooks, bound to a copy of this capture that feeds no refiner: at the copy's first forward they
-    # find no target and remove themselves, so the copy is a plain, detached model. (A copied or
-    # pickled refiner comes back detached too: TextRefiner drops its `_capture`.)
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_target"] = None  # a weak reference, neither copyable nor picklable; the copy feeds nothing
-        state["_pending"] = None  # a forward's tensors
-        return state
 
     @property
     def token_dim(self) -> int:
@@ -122,25 +102,7 @@ class VisionCapture:
             return int(self.projection.out_features)  # type: ignore[arg-type]
         return int(self.post_norm.normalized_shape[0])  # type: ignore[index]
 
-    def _live_target(self) -> TextRefiner | None:
-        """The refiner to feed, or None: gone (then the hooks remove themselves), or in eval mode.
-
-        In eval mode the refiner never reads local tokens (its class embeddings are baked), so
-        the hooks do no work at all and inference costs exactly what the host model costs;
-        ``capture_in_eval=True`` keeps capturing, e.g. to inspect the tokens.
-        """
-        target = None if self._target is None else self._target()
-        if target is None:
-            self.remove()
-            return None
-        if not (target.training or self.capture_in_eval):
-            target.local_tokens = target.cls_attention = None  # nothing stale from a training forward
-            return None
-        return target
-
-    def install(self, target: TextRefiner) -> VisionCapture:
-        """Register the hooks; they write ``target.local_tokens`` and ``target.cls_attention``."""
-        self._target = weakref.ref(target)
+    def _register(self) -> None:
         if self.layout.has_cls:
             # the pre-hook notes the layer's input; the k_proj hook then reuses the layer's own keys
             self._handles.append(self.attention.register_forward_pre_hook(self._attention_input_hook, with_kwargs=True))
@@ -148,23 +110,8 @@ class VisionCapture:
         else:
             self._handles.append(self.attention.register_forward_hook(self._probe_attention_hook))
         self._handles.append(self.tower.register_forward_hook(self._tokens_hook))
-        _ATTACHED[self.tower] = self
-        return self
-
-    def remove(self) -> None:
-        """Remove every hook this capture added (idempotent)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        if _ATTACHED.get(self.tower) is self:
-            del _ATTACHED[self.tower]
 
     # ------------------------------------------------------------------ hooks
-    def _strip(self, x: torch.Tensor) -> torch.Tensor:
-        """Drop the ``num_extra_tokens`` learned prompt tokens at the end of the sequence (dim 1)."""
-        n = self.num_extra_tokens
-        return x if n == 0 else x[:, : x.shape[1] - n]
-
     def _attention_input_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._pending = None
         if self._live_target() is None:
@@ -206,6 +153,30 @@ class VisionCapture:
         target.local_tokens = tokens
 
 
+def _capture_for(model: nn.Module) -> Capture:
+    """The capture for ``model``'s format: a transformers family by class name, else the OpenAI
+    ``clip`` format (and open_clip) by structure; its hooks are not registered yet.
+
+    Raises:
+        TypeError: neither; the message names what was found and every supported kind.
+        ValueError: a supported family without its layout (e.g. a SigLIP without pooling head).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a CLIP-family model (torch.nn.Module), got {type(model).__name__}; supported: {SUPPORTED}")
+    layout = hf_layout(model)
+    if layout is not None:
+        if layout.pool_head is not None and not getattr(submodule(model, layout.tower, "vision tower"), "use_head", True):
+            raise ValueError(f"expected a {type(model).__name__} with its attention-pooling head (vision_use_head=True): without it the model has no image feature")
+        return VisionCapture(model, layout)
+    tower = find_openai_tower(model)
+    if tower is None:
+        raise TypeError(
+            f"textrefiner.attach needs a CLIP-family model with a ViT image tower; {type(model).__name__} is not supported. "
+            f"Supported: {supported_models()}"
+        )
+    return OpenAICapture(model, tower)
+
+
 def attach(
     model: nn.Module, *, refiner: TextRefiner | None = None, capture_in_eval: bool = False, **refiner_options: Any
 ) -> TextRefiner:
@@ -226,7 +197,9 @@ def attach(
 
     Args:
         model: a supported transformers model (CLIP, MetaCLIP 2, Chinese-CLIP, AltCLIP, SigLIP,
-            SigLIP 2); a ``DistributedDataParallel`` wrapper is unwrapped.
+            SigLIP 2), or an OpenAI ``clip``-format CLIP (``clip.model.CLIP``, its ``visual``, a
+            repository's copy of that model, open_clip's ViT: see ``openai_clip.py``); a
+            ``DistributedDataParallel`` wrapper is unwrapped.
         refiner: attach an existing refiner (e.g. one loaded with ``TextRefiner.from_pretrained``)
             instead of building one; then ``refiner_options`` must be empty.
         capture_in_eval: keep capturing while the refiner is in eval mode. By default the hooks
@@ -239,7 +212,8 @@ def attach(
         removes them.
 
     Raises:
-        TypeError: ``model`` is not of a supported family, or ``refiner`` is not a TextRefiner.
+        TypeError: ``model`` is not of a supported family (nothing is hooked then), or ``refiner``
+            is not a TextRefiner.
         ValueError: the model is compiled, already attached, lacks its family's layout (e.g. a
             SigLIP without pooling head), or the options contradict the captured token width.
     """
@@ -251,10 +225,7 @@ def attach(
             "torch.compile can be silently ignored. Attach first, then compile: "
             "`refiner = textrefiner.attach(model); model = torch.compile(model)`"
         )
-    layout = find_layout(model)
-    if layout.pool_head is not None and not getattr(submodule(model, layout.tower, "vision tower"), "use_head", True):
-        raise ValueError(f"expected a {type(model).__name__} with its attention-pooling head (vision_use_head=True): without it the model has no image feature")
-    capture = VisionCapture(model, layout)
+    capture = _capture_for(model)  # nothing is hooked yet: a refusal leaves the model as it was
     compiled = [name for name, m in model.named_modules() if name and _is_compiled(m)]
     if compiled:
         raise ValueError(f"cannot attach to {type(model).__name__}: its submodule(s) {compiled[:3]} are compiled; attach before torch.compile")
@@ -286,4 +257,4 @@ def attach(
     return refiner
 
 
-__all__ = ["SUPPORTED", "VisionCapture", "attach", "cls_attention_row"]
+__all__ = ["SUPPORTED", "Capture", "VisionCapture", "attach", "cls_attention_row"]

@@ -20,9 +20,17 @@ def select_tokens(aligned_tokens: torch.Tensor, cls_attention: torch.Tensor, top
     Returns:
         (B, k+2, d): the CLS token, the k most attended patches (highest first) and the mean of
         all N+1 tokens. Not normalised, as in the reference release.
+
+    Raises:
+        ValueError: ``top_k`` is more than the N patches (the reference's ``topk`` would fail too).
     """
-    k = min(top_k, cls_attention.shape[1])
-    top = cls_attention.topk(k, dim=1).indices + 1  # (B, k) token indices, skipping CLS
+    n = cls_attention.shape[1]
+    if top_k > n:
+        raise ValueError(
+            f"top_k={top_k} is more than the {n} patches of these images (tokens (B, {n + 1}, d), CLS first): "
+            f"set top_k to at most {n}, or use larger images or smaller patches"
+        )
+    top = cls_attention.topk(top_k, dim=1).indices + 1  # (B, k) token indices, skipping CLS
     patches = aligned_tokens.gather(1, top[..., None].expand(-1, -1, aligned_tokens.shape[-1]))  # (B, k, d)
     mean = aligned_tokens.mean(dim=1, keepdim=True)  # (B, 1, d)
     return torch.cat([aligned_tokens[:, :1], patches, mean], dim=1)
@@ -72,5 +80,12 @@ def semantic_loss(
 
 
 def regularization_loss(refined: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-    """``mean |norm(E_hat) - E|``: keeps the refined classes near the text they came from."""
-    return (F.normalize(refined, dim=-1) - text_emb).abs().mean()
+    """``mean |norm(E_hat) - E|``: keeps the refined classes near the text they came from.
+
+    Computed in float32 (float64 for float64 inputs) with autocast off, as the other losses:
+    under bf16 autocast the refined classes come out in bf16, whose 8-bit mantissa would round
+    the small differences this term measures.
+    """
+    dtype = torch.promote_types(torch.promote_types(refined.dtype, text_emb.dtype), torch.float32)
+    with torch.autocast(refined.device.type, enabled=False):
+        return (F.normalize(refined.to(dtype), dim=-1) - text_emb.to(dtype)).abs().mean()

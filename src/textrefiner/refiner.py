@@ -10,37 +10,52 @@ One training step, in order (docs/method.md §2–§4):
 At inference ``E_hat`` depends only on E and the frozen cache, so :meth:`TextRefiner.bake`
 computes it once for all test images (docs/method.md §5).
 
-A training step makes no host sync (nothing waits for the GPU): shapes, dtypes and devices
-are checked eagerly (free), but values are not. A write whose result is not finite is refused
-on the device (``where(all finite, new, old)`` for the cache and the alignment's BatchNorm
-statistics) and counted in :attr:`TextRefiner.refused_writes`; :meth:`TextRefiner.check_writes`
-(which the training engine calls whenever it logs) raises the clear error. ``strict=True``, or
-the environment variable ``TEXTREFINER_STRICT=1``, checks values eagerly instead and raises at
-once, at the price of two host syncs per step.
+Non-finite values (NaN/Inf) follow one rule, set by ``strict``:
+
+* ``strict=True``, the default of a refiner you build (``TextRefiner(...)``,
+  :func:`textrefiner.attach`): every call checks its input values eagerly and raises
+  ``ValueError`` before anything changes, so a user's own loop never steps on a NaN. Each check
+  is a host sync (a GPU waits for it).
+* ``strict=False``, what the built-in methods (:func:`textrefiner.methods.build_method`, hence
+  ``textrefiner train``) use: a training step makes no host sync. Shapes, dtypes and devices are
+  still checked eagerly (free), values are not: a write whose result is not finite is refused on
+  the device (``where(all finite, new, old)`` for the cache and the alignment's BatchNorm
+  statistics) and counted in :attr:`TextRefiner.refused_writes`; :meth:`TextRefiner.check_writes`
+  (the engine calls it whenever it logs) or :meth:`TextRefiner.check_finite` (also every
+  parameter and buffer) raise the clear error. The weights an optimiser steps with a non-finite
+  loss are not protected in this mode: call ``check_finite()`` when you log.
+
+``strict=None`` reads the environment variable ``TEXTREFINER_STRICT`` (``1``/``0``), which also
+overrides the methods' default. Inside ``torch.compile`` the eager checks cannot run (they would
+break the graph): a compiled step behaves as ``strict=False``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ._validation import check_tensor
 from .aggregation import aggregate
 from .alignment import FeatureAlignment
-from .cache import cache_write, init_cache
+from .cache import _distributed, cache_write, init_cache
 from .config import TextRefinerConfig
 from .losses import regularization_loss, select_tokens, semantic_loss
 
 STRICT_ENV = "TEXTREFINER_STRICT"
 
 
-def _strict_from_env() -> bool:
-    return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+def strict_default(default: bool = True) -> bool:
+    """``strict`` as ``TEXTREFINER_STRICT`` sets it (``1``/``true``/``yes``/``on`` or ``0``/...), else ``default``."""
+    value = os.environ.get(STRICT_ENV, "").strip().lower()
+    return default if not value else value in ("1", "true", "yes", "on")
 
 
 def cache_dtype(dtype: torch.dtype | None) -> torch.dtype:
@@ -72,9 +87,10 @@ class TextRefiner(nn.Module):
         regularization_weight: lambda_2.
         sync_batchnorm: share the alignment BatchNorm's batch statistics across data-parallel ranks
             (any device and backend; see :class:`~textrefiner.alignment.TokenBatchNorm`).
-        strict: check input values (NaN/Inf) eagerly and raise at once, at the cost of host
-            syncs; ``None`` reads the environment variable ``TEXTREFINER_STRICT``. Otherwise bad
-            values are refused on the device and reported by :meth:`check_writes`.
+        strict: check input values (NaN/Inf) at every call and raise before anything changes,
+            at the cost of a host sync per call (the default). ``False``: no host sync; bad values
+            are refused on the device and reported by :meth:`check_writes` / :meth:`check_finite`
+            (module docstring). ``None`` reads ``TEXTREFINER_STRICT``, else ``True``.
         device: where parameters and cache live.
         dtype: parameter dtype; the cache is at least float32 (float64 with float64 parameters).
         **config_kwargs: further :class:`TextRefinerConfig` fields.
@@ -126,7 +142,7 @@ class TextRefiner(nn.Module):
         d = config.embed_dim
         self.alignment = FeatureAlignment(config.token_dim, d, sync_batchnorm=sync_batchnorm, device=device, dtype=dtype)
         self.fuse = nn.Linear(2 * d, d, bias=False, device=device, dtype=dtype)
-        self.strict = _strict_from_env() if strict is None else bool(strict)
+        self.strict = strict_default() if strict is None else bool(strict)
         self.register_buffer("cache", init_cache(config.cache_size, d, device=device).to(cache_dtype(dtype)))
         self.register_buffer("refused_writes", torch.zeros((), dtype=torch.long, device=device), persistent=False)
         self.local_tokens: torch.Tensor | None = None
@@ -163,14 +179,35 @@ class TextRefiner(nn.Module):
         return self
 
     # ------------------------------------------------------------------ checks
+    def _eager(self) -> bool:
+        """Check values now (strict, and not while torch.compile traces: a host sync breaks the graph)."""
+        return self.strict and not torch.compiler.is_compiling()
+
     def _check_text(self, text_emb: torch.Tensor, name: str = "text_emb") -> torch.Tensor:
         d = self.embed_dim
-        check_tensor(text_emb, name, shape=f"(C, {d})", ndim=2, width=d, device=self.cache.device, finite=self.strict)
-        return text_emb
+        return check_tensor(text_emb, name, shape=f"(C, {d})", ndim=2, width=d, device=self.cache.device, finite=False)
 
     def _check_tokens(self, tokens: torch.Tensor, width: int, name: str, ndim: int | None = None) -> torch.Tensor:
         shape = f"(B, N+1, {width})" if ndim == 3 else f"(..., {width})"
-        return check_tensor(tokens, name, shape=shape, ndim=ndim, width=width, device=self.cache.device, finite=self.strict)
+        return check_tensor(tokens, name, shape=shape, ndim=ndim, width=width, device=self.cache.device, finite=False)
+
+    def _check_values(self, tensors: dict[str, torch.Tensor], *, collective: bool = False) -> None:
+        """When strict, refuse NaN/Inf in any of ``tensors`` (one host sync), after every shape check.
+
+        ``collective``: a collective follows (the cache write, synced BatchNorm), so under
+        torch.distributed every rank raises if any rank's values are bad, and none is left
+        waiting in the all-reduce.
+        """
+        if not self._eager():
+            return
+        bad = torch.stack([torch.isfinite(x).all().logical_not() for x in tensors.values()]).to(torch.int32)
+        synced = collective and _distributed()
+        if synced:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        names = [name for name, flag in zip(tensors, bad.tolist()) if flag]
+        if names:
+            where = " (on this or another rank)" if synced else ""
+            raise ValueError(f"`{names[0]}` contains NaN or Inf{where}; refused before anything changed (strict=True)")
 
     def _cast(self, x: torch.Tensor) -> torch.Tensor:
         """Inputs take the parameters' dtype, except under autocast, which picks its own."""
@@ -180,11 +217,13 @@ class TextRefiner(nn.Module):
     def align(self, local_tokens: torch.Tensor) -> torch.Tensor:
         """Feature alignment (docs/method.md §2): (..., token_dim) -> (..., embed_dim)."""
         self._check_tokens(local_tokens, self.token_dim, "local_tokens")
+        synced = self.training and self.alignment.norm.sync  # the synced BatchNorm's all-reduce follows
+        self._check_values({"local_tokens": local_tokens}, collective=synced)
         return self.alignment(self._cast(local_tokens))
 
     def aggregate(self, text_emb: torch.Tensor) -> torch.Tensor:
         """Feature aggregation read (docs/method.md §4): (C, d) -> (C, d) ``E_bar``; never writes."""
-        self._check_text(text_emb)
+        self._check_values({"text_emb": self._check_text(text_emb)})
         return aggregate(text_emb, self.cache)
 
     @torch.no_grad()
@@ -196,11 +235,11 @@ class TextRefiner(nn.Module):
                 every rank ends with the cache of the joined batch.
 
         Raises:
-            TypeError, ValueError: bad tokens; the cache is then exactly as before. Non-finite
-                values raise here only when ``strict``; otherwise the write is refused on the
-                device and :meth:`check_writes` raises.
+            TypeError, ValueError: bad tokens, NaN/Inf included when ``strict`` (the default); the
+                cache is then exactly as before. With ``strict=False`` a non-finite write is refused
+                on the device and :meth:`check_writes` raises.
         """
-        self._check_tokens(tokens, self.embed_dim, "tokens")
+        self._check_values({"tokens": self._check_tokens(tokens, self.embed_dim, "tokens")}, collective=True)
         self._write(tokens)
 
     def _write(self, tokens: torch.Tensor, norm_state: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
@@ -209,7 +248,7 @@ class TextRefiner(nn.Module):
         with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False):
             updated = cache_write(self.cache, tokens, self.config.momentum)  # in the cache's dtype
             ok = torch.isfinite(updated).all()  # () bool, stays on the device
-            if self.strict:
+            if self._eager():
                 if not bool(ok):  # the one host sync of strict mode's write
                     raise ValueError("the cache write produced NaN or Inf (tokens of zero norm?); cache left unchanged")
                 self.cache.copy_(updated)
@@ -256,6 +295,28 @@ class TextRefiner(nn.Module):
                 f"Set {STRICT_ENV}=1 (or TextRefiner(strict=True)) to raise at the step that produced them."
             )
 
+    def check_finite(self) -> None:
+        """Raise if a write was refused or any parameter or buffer is NaN/Inf (one host sync).
+
+        The one-call check for a loop on the sync-free path (``strict=False``): run it when you
+        log. It also catches weights an optimiser stepped with a non-finite loss or gradient,
+        which no refused write can prevent.
+
+        Raises:
+            ValueError: naming the refused writes (the count is then reset) or the first
+                non-finite tensors, e.g. ``alignment.fc1.weight``.
+        """
+        tensors = [(n, t) for n, t in (*self.named_parameters(), *self.named_buffers()) if t.is_floating_point()]
+        flags = torch.stack([torch.isfinite(t).all() for _, t in tensors] + [self.refused_writes == 0]).tolist()
+        bad = [name for (name, _), ok in zip(tensors, flags) if not ok]
+        if bad:
+            raise ValueError(
+                f"the refiner holds NaN or Inf in {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}: an optimiser step "
+                "took a non-finite loss or gradient (non-finite inputs with strict=False?); reload the last good weights"
+            )
+        if not flags[-1]:
+            self.check_writes()
+
     def _refine(self, text_emb: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
         text = self._cast(text_emb)
         read = aggregate(text, cache)  # (C, d)
@@ -277,14 +338,18 @@ class TextRefiner(nn.Module):
             the semantic loss, the alignment MLP; never the cache.
 
         Raises:
-            TypeError, ValueError: bad shapes, widths, dtypes or devices; non-finite values only
-                when ``strict`` (otherwise the write is refused and :meth:`check_writes` raises).
+            TypeError, ValueError: bad shapes, widths, dtypes or devices, or (``strict``, the
+                default) NaN/Inf in ``text_emb`` or ``local_tokens``, before anything changes. With
+                ``strict=False`` non-finite values are not checked: the output may be NaN, the
+                write is refused and :meth:`check_writes` raises later.
         """
         self._check_text(text_emb)
         if not (self.training and local_tokens is not None):
+            self._check_values({"text_emb": text_emb})
             self.aligned_tokens = None
             return self._refine(text_emb, self.cache)
         self._check_tokens(local_tokens, self.token_dim, "local_tokens", ndim=3)
+        self._check_values({"text_emb": text_emb, "local_tokens": local_tokens}, collective=True)  # the write's all-reduce follows
         # captured under torch.inference_mode(): autograd cannot save it (a compiled step never sees one)
         if not torch.compiler.is_compiling() and local_tokens.is_inference():
             local_tokens = local_tokens.clone()
@@ -304,8 +369,12 @@ class TextRefiner(nn.Module):
 
         Reads the frozen cache and never writes, whatever the mode; reuse the result for every
         test image, so the per-image cost is the host prompt learner's alone.
+
+        Raises:
+            TypeError, ValueError: a bad ``text_emb``, NaN/Inf included when ``strict`` (the
+                default; with ``strict=False`` NaN in gives NaN out).
         """
-        self._check_text(text_emb)
+        self._check_values({"text_emb": self._check_text(text_emb)})
         return self._refine(text_emb, self.cache)
 
     # ------------------------------------------------------------------ losses
@@ -326,6 +395,10 @@ class TextRefiner(nn.Module):
             target: (B,) integer labels (cross-entropy) or (B, C) teacher logits (KL, PromptKD).
             logit_scale: the model's (exponentiated) logit scale.
             cls_attention: (B, N) CLS-to-patch attention.
+
+        Raises:
+            ValueError: shapes that do not fit, ``top_k`` above the N patches, or (``strict``)
+                NaN/Inf in any input.
         """
         d = self.embed_dim
         check_tensor(aligned_tokens, "aligned_tokens", shape=f"(B, N+1, {d})", ndim=3, width=d, finite=False)
@@ -338,16 +411,25 @@ class TextRefiner(nn.Module):
         expected = (b,) if not target.is_floating_point() else (b, text_emb.shape[0])
         if tuple(target.shape) != expected:
             raise ValueError(f"expected `target` of shape {expected}, got {tuple(target.shape)}")
+        if self._eager():
+            values = {"aligned_tokens": aligned_tokens, "text_emb": text_emb, "cls_attention": cls_attention, "logit_scale": logit_scale}
+            if target.is_floating_point():
+                values["target"] = target
+            for name, value in values.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"`{name}` is {value}; refusing it so no NaN reaches the gradients")
+            self._check_values({k: v for k, v in values.items() if isinstance(v, torch.Tensor) and v.is_floating_point()})
         selected = select_tokens(aligned_tokens, cls_attention, self.config.top_k)  # (B, k+2, d)
-        return semantic_loss(
-            selected, text_emb.to(selected.dtype), target, logit_scale=logit_scale, temperature=self.config.kd_temperature
+        return semantic_loss(  # in float32 at least: bf16 aligned tokens do not round the class text
+            selected, text_emb, target, logit_scale=logit_scale, temperature=self.config.kd_temperature
         )
 
     def regularization_loss(self, refined: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """``mean |norm(E_hat) - E|`` (docs/method.md §6)."""
+        """``mean |norm(E_hat) - E|`` (docs/method.md §6); NaN/Inf refused when ``strict``."""
         if refined.shape != text_emb.shape:
             raise ValueError(f"expected `refined` and `text_emb` of the same shape, got {tuple(refined.shape)} and {tuple(text_emb.shape)}")
-        return regularization_loss(refined, text_emb.to(refined.dtype))
+        self._check_values({"refined": refined, "text_emb": text_emb})
+        return regularization_loss(refined, text_emb)  # in float32 at least: bf16 refined classes do not round E
 
     def loss(
         self,

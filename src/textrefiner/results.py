@@ -96,18 +96,11 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
 
 def read_results(path: Path) -> dict[str, Any]:
     """One run's results.json, checked for what the table needs; the error names the file and the field."""
-    from ._errors import read_json_object
+    from ._runfiles import check_fields, read_results as read
 
-    r = read_json_object(path)
-    needed = {"method": str, "dataset": str, "seed": int}
+    r = read(path, required=("method", "dataset", "seed"))
     if r.get("protocol", "base2novel") == "base2novel":
-        needed |= {"base": float, "novel": float}
-    for key, kind in needed.items():
-        value = r.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value if kind is float else isinstance(value, kind) and not isinstance(value, bool)
-        if not ok:
-            what = "is missing" if key not in r else f"should be {'a number' if kind is float else kind.__name__}, got {value!r}"
-            raise ValueError(f"{path}: `{key}` {what}")
+        check_fields(r, {"base": "number", "novel": "number"}, str(path), required=("base", "novel"))
     return r
 
 

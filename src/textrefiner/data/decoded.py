@@ -36,6 +36,7 @@ from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
 from .._machine import available_cpus
+from .._space import size_text as _size
 from . import resample
 from .image_dataset import sample_seed
 from .item import Item
@@ -97,12 +98,6 @@ def _decode_threads() -> int:
 def _nbytes(image) -> int:
     """Memory of one kept image: uint8 tensor elements, or Pillow's 4 bytes per RGB pixel."""
     return image.numel() if isinstance(image, torch.Tensor) else image.width * image.height * 4
-
-
-def _size(nbytes: float) -> str:
-    if nbytes >= 2**30:
-        return f"{nbytes / 2**30:.2f} GiB"
-    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.0f} KiB"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ def load_image(path: str) -> Image.Image:
 
     Raises:
         FileNotFoundError: the file does not exist (the message names it).
-        ValueError: the file is not a readable image.
+        ValueError: the file is not a readable image, or is over Pillow's pixel limit (named,
+            with how to raise it).
     """
     try:
         with Image.open(path) as img:
@@ -43,6 +44,10 @@ def load_image(path: str) -> Image.Image:
             return to_rgb(img)
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
+    except Image.DecompressionBombError as err:  # not an OSError
+        from ._pixels import bomb_error
+
+        raise bomb_error(path, err) from None
     except (OSError, Image.UnidentifiedImageError, SyntaxError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
 

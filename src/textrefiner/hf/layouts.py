@@ -7,7 +7,8 @@ transformers: families are recognised by class name and the paths are checked on
 Two kinds of vision tower:
     CLS  (CLIP, MetaCLIP 2, Chinese-CLIP, AltCLIP): the image feature is
          ``projection(post_norm(h_L[:, 0]))``; local tokens are ``projection(post_norm(h_L))``
-         and the CLS attention is the last layer's CLS-query row.
+         and the CLS attention is the last layer's CLS-query row. A bare ``CLIPVisionModel``
+         has no projection: its tokens are ``post_norm(h_L)``, token 0 its ``pooler_output``.
     MAP  (SigLIP, SigLIP 2): no CLS token; the image feature is the attention-pooling head's
          output over ``post_norm(h_L)`` and there is no projection. The pooled feature stands in
          as token 0 and the head's probe attention over the patches as the CLS attention.
@@ -40,6 +41,7 @@ class Layout:
 _CLS = Layout(
     tower="vision_model", layers="encoder.layers", attention="self_attn", post_norm="post_layernorm", projection="visual_projection"
 )
+_CLS_NO_PROJECTION = Layout(tower="", layers="encoder.layers", attention="self_attn", post_norm="post_layernorm", projection=None)
 _MAP = Layout(
     tower="vision_model",
     layers="encoder.layers",
@@ -57,9 +59,11 @@ _MAP_VISION_ONLY = Layout(
 LAYOUTS: dict[str, Layout] = {
     "AltCLIPModel": _CLS,
     "CLIPModel": _CLS,
+    "CLIPVisionModel": _CLS_NO_PROJECTION,
     "CLIPVisionModelWithProjection": _CLS,
     "ChineseCLIPModel": _CLS,
     "MetaClip2Model": _CLS,
+    "MetaClip2VisionModel": _CLS_NO_PROJECTION,
     "MetaClip2VisionModelWithProjection": _CLS,
     "Siglip2Model": _MAP,
     "Siglip2VisionModel": _MAP_VISION_ONLY,
@@ -71,6 +75,14 @@ LAYOUTS: dict[str, Layout] = {
 SUPPORTED = ", ".join(sorted(LAYOUTS))
 
 
+def hf_layout(model: nn.Module) -> Layout | None:
+    """The layout of ``model``'s family, matched by class name along its MRO; None if none matches."""
+    for cls in type(model).__mro__:
+        if cls.__name__ in LAYOUTS:
+            return LAYOUTS[cls.__name__]
+    return None
+
+
 def find_layout(model: nn.Module) -> Layout:
     """The layout of ``model``'s family, matched by class name along its MRO.
 
@@ -79,9 +91,9 @@ def find_layout(model: nn.Module) -> Layout:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a transformers model (torch.nn.Module) of one of: {SUPPORTED}; got {type(model).__name__}")
-    for cls in type(model).__mro__:
-        if cls.__name__ in LAYOUTS:
-            return LAYOUTS[cls.__name__]
+    layout = hf_layout(model)
+    if layout is not None:
+        return layout
     raise TypeError(
         f"textrefiner.attach needs a CLIP-family model with a ViT image tower; {type(model).__name__} is not supported. "
         f"Supported model classes: {SUPPORTED} (pass the whole model, e.g. CLIPModel, not only its vision_model)"

@@ -102,10 +102,12 @@ def find_text_layout(model: nn.Module) -> TextLayout:
         for cls in type(model).__mro__:
             if cls.__name__ in TEXT_LAYOUTS:
                 return TEXT_LAYOUTS[cls.__name__]
-    raise TypeError(
-        f"expected a CLIP-family model with a text tower, one of: {SUPPORTED_TEXT}; got {type(model).__name__} "
-        "(pass the whole model, e.g. CLIPModel, not only its text_model)"
+    hint = (
+        "; an OpenAI `clip`-format model: convert it with textrefiner.openai_clip.to_hf_clip(model)"
+        if isinstance(getattr(model, "visual", None), nn.Module) and hasattr(model, "token_embedding")
+        else " (pass the whole model, e.g. CLIPModel, not only its text_model)"
     )
+    raise TypeError(f"expected a CLIP-family model with a text tower, one of: {SUPPORTED_TEXT}; got {type(model).__name__}{hint}")
 
 
 def _get(module: nn.Module, path: str, model: nn.Module) -> nn.Module:

@@ -86,6 +86,7 @@ class VisionPromptHooks:
         if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= len(self.layers):
             raise ValueError(f"expected a prompt depth in [1, {len(self.layers)}] (the vision tower's layers), got {depth!r}")
         self.n_ctx, self.depth = n_ctx, depth
+        self.enabled = True  # False: the hooks pass everything through (PromptSRC's frozen zero-shot pass)
         if not hasattr(prompt, "__self__"):
             raise TypeError(f"expected `prompt` to be a bound method (held weakly), got {type(prompt).__name__}")
         # held weakly as (weak owner, plain function): torch.compile traces a weakref.ref call, not a WeakMethod's
@@ -105,6 +106,8 @@ class VisionPromptHooks:
         return bool(self._handles)
 
     def _get(self, i: int, like: torch.Tensor) -> torch.Tensor | None:
+        if not self.enabled:
+            return None
         owner = self._owner()
         if owner is None:
             self.remove()

@@ -66,6 +66,19 @@ class MaPLe(PromptLearner):
         truncate: bool = True,
     ) -> None:
         super().__init__()
+        self._init_text(model, tokenizer, classnames, n_ctx=n_ctx, ctx_init=ctx_init, truncate=truncate)
+        layers = min(len(self.encoder.parts.layers), vision_depth(model))
+        depth = default_depth(layers) if prompt_depth is None else prompt_depth
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= layers:
+            raise ValueError(f"expected `prompt_depth` in [0, {layers}] (the shallower tower's layers), got {prompt_depth!r}")
+        self.prompt_depth = depth
+        self.deep_text = self._deep_prompts(max(0, depth - 1), n_ctx, self.encoder.width)  # T_1 .. T_{J-1}
+        kw = dict(device=self.ctx.device, dtype=torch.float32)
+        self.coupling = nn.ModuleList([nn.Linear(self.encoder.width, vision_width(model), **kw) for _ in range(depth)])  # F_0 .. F_{J-1}
+        self.vision = VisionPromptHooks(model, n_ctx, depth, self.vision_prompt) if depth > 0 else None
+
+    def _init_text(self, model: nn.Module, tokenizer: Any, classnames: Sequence[str], *, n_ctx: int, ctx_init: str | None, truncate: bool) -> None:
+        """Freeze ``model``; build the encoder and T_0 (``self.ctx``) from ``ctx_init``'s first ``n_ctx`` tokens, or N(0, 0.02^2)."""
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
             raise ValueError(f"expected `n_ctx` to be a positive int, got {n_ctx!r}")
         self.prefix = ""  # fixed words between the context and the class name
@@ -80,26 +93,18 @@ class MaPLe(PromptLearner):
         model.requires_grad_(False)
         self.encoder = PromptedTextEncoder(model, tokenizer, self._prompt_names(classnames), n_ctx=n_ctx, truncate=truncate)
         self._classnames = list(classnames)  # validated by the encoder
-        layers = min(len(self.encoder.parts.layers), vision_depth(model))
-        depth = default_depth(layers) if prompt_depth is None else prompt_depth
-        if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= layers:
-            raise ValueError(f"expected `prompt_depth` in [0, {layers}] (the shallower tower's layers), got {prompt_depth!r}")
-        self.prompt_depth = depth
-
         weight = self.encoder.parts.token_embedding.weight
-        kw = dict(device=weight.device, dtype=torch.float32)  # trained weights are float32 whatever CLIP's dtype
-        w_t, w_v = self.encoder.width, vision_width(model)
-        if init_ids is None:
-            ctx = torch.empty(n_ctx, w_t, **kw).normal_(std=0.02)
+        if init_ids is None:  # trained weights are float32 whatever CLIP's dtype
+            ctx = torch.empty(n_ctx, self.encoder.width, device=weight.device, dtype=torch.float32).normal_(std=0.02)
         else:
             with torch.no_grad():
                 ctx = self.encoder.parts.token_embedding(torch.tensor(init_ids, device=weight.device)).float()
         self.ctx = nn.Parameter(ctx)  # (n, w_t): T_0
-        self.deep_text = nn.ParameterList(  # T_1 .. T_{J-1}, each (n, w_t)
-            [nn.Parameter(torch.empty(n_ctx, w_t, **kw).normal_(std=0.02)) for _ in range(max(0, depth - 1))]
-        )
-        self.coupling = nn.ModuleList([nn.Linear(w_t, w_v, **kw) for _ in range(depth)])  # F_0 .. F_{J-1}
-        self.vision = VisionPromptHooks(model, n_ctx, depth, self.vision_prompt) if depth > 0 else None
+
+    def _deep_prompts(self, count: int, n_ctx: int, width: int) -> nn.ParameterList:
+        """``count`` prompts of (n_ctx, width), each N(0, 0.02^2), float32, on the encoder's device."""
+        kw = dict(device=self.encoder.parts.token_embedding.weight.device, dtype=torch.float32)
+        return nn.ParameterList([nn.Parameter(torch.empty(n_ctx, width, **kw).normal_(std=0.02)) for _ in range(count)])
 
     def _prompt_names(self, classnames: Sequence[str]) -> Sequence[str]:
         if isinstance(classnames, str) or not self.prefix:

@@ -16,8 +16,10 @@ from ._base import Method, StepOutput
 METHODS: dict[str, str] = {
     "cocoop": "textrefiner.methods.cocoop:CoCoOpMethod",
     "coop": "textrefiner.methods.coop:CoOpMethod",
+    "kgcoop": "textrefiner.methods.kgcoop:KgCoOpMethod",
     "maple": "textrefiner.methods.maple:MaPLeMethod",
     "promptkd": "textrefiner.methods.promptkd:PromptKDMethod",
+    "promptsrc": "textrefiner.methods.promptsrc:PromptSRCMethod",
 }
 
 

@@ -103,12 +103,18 @@ class Method(nn.Module):
         store_frozen(self.model, dtype)
 
     def attach_refiner(self, textrefiner: bool | dict[str, Any], **defaults: Any) -> None:
-        """Attach a TextRefiner to the host's vision tower when asked (a dict: options over ``defaults``)."""
+        """Attach a TextRefiner to the host's vision tower when asked (a dict: options over ``defaults``).
+
+        The refiner runs the sync-free path (``strict=False``: values are not checked per step;
+        call ``method.refiner.check_finite()`` when you log) unless ``TEXTREFINER_STRICT`` or a
+        ``strict`` option says otherwise.
+        """
         if textrefiner:
             from ..hooks import attach
+            from ..refiner import strict_default
 
             options = textrefiner if isinstance(textrefiner, dict) else {}
-            self.refiner = attach(self.model, **{**defaults, **options})
+            self.refiner = attach(self.model, **{"strict": strict_default(False), **defaults, **options})
 
     def detach(self) -> None:
         """Remove the refiner's hooks from the host model."""
@@ -132,6 +138,12 @@ class Method(nn.Module):
         """JSON-able settings needed to rebuild this method from a checkpoint."""
         return {}
 
+    def end_epoch(self, epoch: int, epochs: int) -> None:
+        """Called after the last step of each epoch (1-based ``epoch`` of ``epochs``); PromptSRC aggregates here.
+
+        ``textrefiner train`` calls it; a custom loop that trains PromptSRC calls it too.
+        """
+
 
 class TextClassifierMethod(Method):
     """A method whose classifier is one set of class text embeddings (CoOp, MaPLe).
@@ -153,20 +165,30 @@ class TextClassifierMethod(Method):
         """(C, d) normalised class text embeddings from the current prompts."""
         return F.normalize(self.learner.text_features(), dim=-1)
 
+    def text_losses(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted loss terms on the (C, d) normalised, unrefined class embeddings (KgCoOp's); none here."""
+        return {}
+
     def training_step(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         scale = logit_scale(self.model)
         images = self.image_features(pixel_values)  # (B, d)
         text = self.text_embeddings()  # (C, d)
+        extra = self.text_losses(text)
         if self.refiner is None:
             logits = cosine_logits(scale, images, text)
-            loss = F.cross_entropy(logits, labels)
-            return StepOutput(loss, logits, {"cls": loss.detach()})
-        refined = self.refiner.refine(text, self.refiner.local_tokens)  # (C, d), un-normalised
-        logits = cosine_logits(scale, images, refined)
-        cls = F.cross_entropy(logits, labels)
-        aux = self.refiner.loss(refined, text, labels, logit_scale=scale, cls_attention=self.refiner.cls_attention)
-        parts = {"cls": cls.detach(), "semantic": aux.semantic.detach(), "regularization": aux.regularization.detach()}
-        return StepOutput(cls + aux.total, logits, parts)
+            cls = F.cross_entropy(logits, labels)
+            loss, parts = cls, {"cls": cls.detach()}
+        else:
+            refined = self.refiner.refine(text, self.refiner.local_tokens)  # (C, d), un-normalised
+            logits = cosine_logits(scale, images, refined)
+            cls = F.cross_entropy(logits, labels)
+            aux = self.refiner.loss(refined, text, labels, logit_scale=scale, cls_attention=self.refiner.cls_attention)
+            loss = cls + aux.total
+            parts = {"cls": cls.detach(), "semantic": aux.semantic.detach(), "regularization": aux.regularization.detach()}
+        for name, term in extra.items():
+            loss = loss + term
+            parts[name] = term.detach()
+        return StepOutput(loss, logits, parts)
 
     @torch.no_grad()
     def prepare_eval(self, classnames: list[str] | None = None) -> None:

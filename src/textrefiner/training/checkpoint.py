@@ -23,7 +23,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .._errors import RunError, read_json_object
+from .._errors import RunError, read_json, read_json_object
+from .._io import tensor_bytes
+from .._runfiles import check_best, check_log
+from .._space import write_error
 
 TENSORS = "checkpoint.safetensors"
 STATE = "trainer_state.json"
@@ -99,13 +102,13 @@ def _whole_epoch(folder: Path) -> int | None:
     marker = folder / COMPLETE
     try:
         if marker.is_file():
-            info = json.loads(marker.read_text())
+            info = read_json(marker)
             sizes = info["files"]
             if all((folder / name).stat().st_size == size for name, size in sizes.items()):
                 return int(info["epoch"])
             return None
         if folder.name == "checkpoint" and (folder / TENSORS).is_file():  # written before the marker existed
-            return int(json.loads((folder / STATE).read_text())["epoch"])
+            return int(read_json(folder / STATE)["epoch"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return None
@@ -185,11 +188,13 @@ def save_checkpoint(
         (tmp / COMPLETE).write_text(json.dumps({"epoch": epoch, "files": sizes}) + "\n")
         _fsync(tmp / COMPLETE)
         _fsync(tmp)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # safetensors says "disk full" as a SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)
+        state = len(json.dumps(meta, indent=2, sort_keys=True, default=float)) + 1
+        failure = write_error(err, directory.parent, [tensor_bytes(tensors), state, 100])  # + complete.json
         kept = _whole_epoch(directory)
-        previous = f"the epoch {kept} checkpoint is kept" if kept is not None else "no earlier checkpoint exists"
-        raise RunError(f"could not save the epoch {epoch} checkpoint in {directory}: {err.strerror or err}; {previous}") from err
+        previous = f"the epoch {kept} checkpoint is kept (--resume continues from it)" if kept is not None else "no earlier checkpoint exists"
+        raise RunError(f"could not save the epoch {epoch} checkpoint in {directory}: {failure.strerror or failure}; {previous}") from None
     if directory.exists():
         directory.rename(old)
     tmp.rename(directory)
@@ -224,6 +229,9 @@ def read_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
         raise RunError(f"{state_path} is damaged: `rng` lacks the Python RNG state")
     if not isinstance(meta["optimizer"], dict) or not {"param_groups", "scalars"} <= set(meta["optimizer"]):
         raise RunError(f"{state_path} is damaged: `optimizer` lacks param_groups or scalars")
+    check_log(meta.get("log", []), f"{state_path}: `log`")  # the log and best epoch the run goes on from
+    if meta.get("best") is not None:
+        check_best(meta["best"], str(state_path))
     expected = meta.get("tensors") or ["rng.torch"]  # checkpoints written before the list existed: the RNG at least
     absent = sorted(set(expected) - set(tensors))
     if absent:

@@ -66,7 +66,7 @@ class RunConfig:
     kd_weight: float | None = None  # PromptKD's KD_W; None: the release's value for the dataset (1000; 200 for aircraft, flowers, dtd)
     progress: bool = True  # tqdm progress bars
     # best-val: evaluate after every epoch and keep the first epoch with the strictly best val accuracy
-    # (the release's FINAL_MODEL best_val); last: the last epoch; auto: best-val unless subsample is all
+    # (the release's FINAL_MODEL best_val); last: the last epoch; auto: best-val unless subsample is all or method promptsrc
     select: str = "auto"
     val_split: str = "val"  # what best-val scores: the few-shot val split (ImageNet: test), or the test split
     log_every: int = 20  # read losses (a host sync) once per this many steps, and at each epoch's end
@@ -77,8 +77,9 @@ class RunConfig:
         for name in ("root", "output_dir", "unlabeled_root", "model", "teacher"):  # `--root=~/data` reaches us unexpanded
             if isinstance(getattr(self, name), str) and getattr(self, name).startswith("~"):
                 setattr(self, name, os.path.expanduser(getattr(self, name)))
-        if self.select == "auto":  # base-to-novel keeps the best val epoch; cross-dataset runs test the last
-            self.select = "last" if self.subsample == "all" else "best-val"
+        if self.select == "auto":  # base-to-novel keeps the best val epoch; cross-dataset runs test the last,
+            # and so does PromptSRC, whose Gaussian aggregate of every epoch is loaded after the last
+            self.select = "last" if self.subsample == "all" or self.method == "promptsrc" else "best-val"
         if self.select not in SELECTS:
             raise ValueError(f"`select` should be one of {', '.join(SELECTS)} (or auto), got {self.select!r}")
         if self.val_split not in VAL_SPLITS:
@@ -131,7 +132,7 @@ class RunConfig:
             raise ValueError(f"`max_prompts` should be a positive int, got {max_prompts!r}")
         if max_prompts is not None and self.method != "cocoop":
             raise ValueError(f"--max-prompts bounds CoCoOp's per-image text pass; --method {self.method} has none")
-        if self.method in ("coop", "cocoop") and n_ctx is not None and ctx_init and n_ctx != len(ctx_init.split()):
+        if self.method in ("coop", "cocoop", "kgcoop") and n_ctx is not None and ctx_init and n_ctx != len(ctx_init.split()):
             raise ValueError(f"--n-ctx {n_ctx} does nothing with --ctx-init {ctx_init!r}: {self.method}'s context is then those "
                              f"{len(ctx_init.split())} words; give --ctx-init \"\" for {n_ctx} random context vectors, or drop --n-ctx")
         if self.eval_datasets and self.subsample != "all":  # base-to-novel tests base and novel only
@@ -144,6 +145,26 @@ class RunConfig:
                 get_dataset_info(name)
         if (self.unlabeled or self.unlabeled_root) and self.method != "promptkd":
             raise ValueError(f"unlabelled training needs a method that learns without labels (promptkd), got {self.method}")
+        self._check_gpa()
+
+    def _check_gpa(self) -> None:
+        """PromptSRC's GPA must weight some epoch of this run; its and KgCoOp's options belong to their methods alone."""
+        for key in ("gpa_mean", "gpa_std", "kg_weight"):
+            value = self.method_options.get(key, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"`{key}` should be a finite number, got {value!r}")
+        if "kg_weight" in self.method_options and self.method != "kgcoop":
+            raise ValueError(f"--kg-weight only acts on --method kgcoop, got --method {self.method}")
+        if self.method_options.get("kg_weight", 0.0) < 0:
+            raise ValueError(f"`kg_weight` should be 0 or more, got {self.method_options['kg_weight']!r}")
+        given = sorted(k for k in ("gpa_mean", "gpa_std") if k in self.method_options)
+        if given and self.method != "promptsrc":
+            raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)} only act on --method promptsrc, got --method {self.method}")
+        if self.method == "promptsrc":
+            from ..methods.gpa import gpa_weights
+
+            options = {"gpa_mean": 15.0, "gpa_std": 1.0} | {k: self.method_options[k] for k in given}
+            gpa_weights(options["gpa_mean"], options["gpa_std"], self.epochs)  # raises naming `gpa_mean` / `gpa_std`
 
     def _check_numbers(self) -> None:
         """Every int field an int, every float field a finite number (nan/inf refused), None only where allowed."""

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .._errors import RunError
+from ..data._pixels import check_image_sizes
 from ..methods._base import Method
 from ..results import harmonic_mean
 from . import checkpoint as ckpt
@@ -105,6 +106,7 @@ def evaluate_run(
 
     def accuracy(name: str, subsample: str) -> float:
         split = load_dataset(name, cfg.root, shots=0, seed=cfg.seed, subsample=subsample)
+        check_image_sizes(item.impath for item in split.test)
         with _precision_scope(cfg.precision, device):  # a tf32 run is tested with TF32 matmuls too (on CUDA)
             return evaluate(method, ImageDataset(split.test, transform), split.classnames, cfg, device, desc=f"{name}/{subsample}", ddp=ddp)
 

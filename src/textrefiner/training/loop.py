@@ -165,6 +165,7 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
         loader.batch_sampler.set_epoch(epoch)  # order and augmentations drawn from (seed, epoch, index): exact on resume
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         record |= _epoch(method, ddp_method, loader, optimizer, scaler, cfg, device, epoch, ddp)
+        method.end_epoch(epoch + 1, cfg.epochs)  # PromptSRC's GPA: its sum is method state, so the checkpoint holds it
         with warnings.catch_warnings():  # fp16: GradScaler may skip a step; the schedule is per epoch anyway
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             scheduler.step()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .._errors import RunError
+from ..data._pixels import check_image_sizes
 from .config import RunConfig
 
 
@@ -33,6 +34,7 @@ def _training_items(cfg: RunConfig) -> tuple[list, list[str]]:
         items = unlabeled_items(cfg.unlabeled_root) if cfg.unlabeled_root else [replace(i, label=-1) for i in data.train]
         classnames = data.classnames
     _check_training_data(cfg, items, classnames)
+    check_image_sizes(item.impath for item in items)  # a decompression bomb, named before any work
     return items, classnames
 
 
@@ -75,6 +77,7 @@ def _validation_split(cfg: RunConfig) -> tuple[list, list[str]]:
     items = data.test if cfg.val_split == "test" else data.val
     if not items:
         raise ValueError(f"--select best-val needs validation images, but {cfg.dataset} has an empty {cfg.val_split} split; pass --select last")
+    check_image_sizes(item.impath for item in items)
     return items, data.classnames
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._errors import RunError
+from .._errors import RunError, read_json
 
 LOCK = ".textrefiner.lock"
 # Everything a run writes into its folder (the engine's names), removed by --overwrite.
@@ -110,7 +110,7 @@ class RunLock:
 
     def _holder(self) -> dict[str, Any] | None:
         try:
-            data = json.loads(self.path.read_text())
+            data = read_json(self.path)
         except FileNotFoundError:
             return {}
         except (OSError, ValueError):

@@ -158,6 +158,7 @@ def inspect_run(
         ValueError: ``num_images`` < 1, ``top_k`` < 0, or ``output_dir`` is a file.
         ImportError: matplotlib is missing (``pip install "textrefiner[plot]"``).
     """
+    from .._runfiles import read_log, read_results
     from ..results import RESULTS
     from ..training import RunConfig
 
@@ -168,7 +169,7 @@ def inspect_run(
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output-dir {out} is a file; expected a folder (created if missing)")
     cfg = RunConfig.load(run_dir)  # fails early, with a clear message, on a folder that is not a run
-    results = json.loads((run_dir / RESULTS).read_text()) if (run_dir / RESULTS).is_file() else {}
+    results = read_results(run_dir / RESULTS) if (run_dir / RESULTS).is_file() else {}
     summary: dict[str, Any] = {
         "run": str(run_dir), "method": cfg.method, "textrefiner": cfg.textrefiner, "dataset": cfg.dataset, "model": cfg.model,
         "results": results, "figures": {}, "notes": [],
@@ -176,7 +177,7 @@ def inspect_run(
     out.mkdir(parents=True, exist_ok=True)
     name = f"{cfg.method}{' + TextRefiner' if cfg.textrefiner else ''} on {cfg.dataset}"
     if (run_dir / "log.json").is_file():
-        log = json.loads((run_dir / "log.json").read_text())
+        log = read_log(run_dir / "log.json")
         selected = results.get("selected_epoch") if results.get("select", "best-val") == "best-val" else None
         fig = plot_curves(log, selected_epoch=selected, title=f"{name}: training")
         summary["figures"]["curves"] = str(save(fig, out / "curves.png"))
