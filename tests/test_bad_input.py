@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 import warnings
 
 import pytest
@@ -286,6 +287,30 @@ def test_decompression_bomb_is_named_before_training(tiny_clip_dir, fake_data_ro
     assert f"image {root / 'eurosat' / '2750'}" in err and "is 900,000,000 pixels, more than the limit of 89,478,485" in err
     assert "raise the limit with --max-image-pixels N (in Python: PIL.Image.MAX_IMAGE_PIXELS = N)" in err
     assert not (tmp_path / "run").exists()  # refused before any work: no folder, no model loaded
+
+
+@pytest.mark.parametrize("protocol", ["base2novel", "cross"])
+def test_decompression_bomb_in_a_test_split_is_named_before_training(tiny_clip_dir, fake_data_root, tmp_path, capsys, monkeypatch, protocol):
+    """One bomb in a split read only after training (a novel test image; a cross-dataset target's): refused at the start."""
+    from textrefiner.data import load_dataset, make_fake_dataset
+    from textrefiner.training import loop
+
+    root = tmp_path / "data"
+    shutil.copytree(fake_data_root, root)
+    extra: tuple[str, ...] = ()
+    if protocol == "cross":
+        make_fake_dataset(root, "dtd", num_classes=3, images_per_class=4, image_size=36, seed=1)
+        bomb, extra = Path(load_dataset("dtd", root, shots=0).test[-1].impath), ("--subsample", "all", "--eval-datasets", "dtd")
+    else:
+        bomb = Path(load_dataset("eurosat", root, shots=0, subsample="novel").test[-1].impath)
+    _bomb_png(bomb)
+    epochs = []
+    monkeypatch.setattr(loop, "_epoch", lambda *a, **k: epochs.append(1) or {})  # never reached
+    assert _train(tiny_clip_dir, root, tmp_path / "run", *extra) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"image {bomb} is 900,000,000 pixels, more than the limit of 89,478,485" in err
+    assert "--max-image-pixels N" in err
+    assert not epochs and not (tmp_path / "run").exists()  # no epoch, no folder: no checkpoint, log or config
 
 
 def test_decompression_bomb_in_the_test_split_of_eval(tiny_clip_dir, fake_data_root, tmp_path, capsys):

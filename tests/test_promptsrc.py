@@ -77,15 +77,47 @@ def test_frozen_pass_is_the_unprompted_clip_and_the_prompts_come_back():
     assert method.learner.vision.enabled
 
 
-def test_frozen_text_targets_average_the_60_imagenet_templates():
-    method, twin, tokenizer = _method(), tiny_clip(), tiny_tokenizer()
-    assert len(IMAGENET_TEMPLATES) == 60 and len(set(IMAGENET_TEMPLATES)) == 60
+def _rederived_targets(classes: list[str]) -> torch.Tensor:
+    """norm(mean_k text(template_k.format(c))), eagerly, one prompt at a time."""
+    twin, tokenizer = tiny_clip(), tiny_tokenizer()
     rows = []
-    for c in CLASSES:  # one prompt at a time: no padding (the causal tower pools at EOS, so padding cannot matter)
+    for c in classes:  # one prompt at a time: no padding (the causal tower pools at EOS, so padding cannot matter)
         feats = [_features(twin.get_text_features(**tokenizer(t.format(c), truncation=True, return_tensors="pt"))) for t in IMAGENET_TEMPLATES]
         rows.append(torch.cat(feats).mean(0))
-    expected = F.normalize(torch.stack(rows), dim=-1)
-    torch.testing.assert_close(method.frozen_text, expected, rtol=1e-5, atol=1e-6)
+    return F.normalize(torch.stack(rows), dim=-1)
+
+
+def test_frozen_text_targets_average_the_60_imagenet_templates():
+    method = _method()
+    assert len(IMAGENET_TEMPLATES) == 60 and len(set(IMAGENET_TEMPLATES)) == 60
+    torch.testing.assert_close(method.frozen_text, _rederived_targets(CLASSES), rtol=1e-5, atol=1e-6)
+
+
+def _count_tower_passes(model, prompts: list[int] | None = None) -> list[int]:
+    """``prompts``, to which every whole text-tower pass adds its prompt count (the learner runs the layers itself)."""
+    prompts = [] if prompts is None else prompts
+    model.text_model.register_forward_pre_hook(lambda _, args, kwargs: prompts.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    return prompts
+
+
+def test_the_template_targets_are_computed_for_training_only():
+    model = tiny_clip()
+    passes = _count_tower_passes(model)
+    torch.manual_seed(0)
+    method = build_method("promptsrc", model, tiny_tokenizer(), CLASSES, textrefiner=True).eval()
+    method.prepare_eval(["cat", "dog"])
+    method.eval_logits(torch.randn(2, 3, 32, 32))
+    assert passes == [] and method.frozen_text is None  # built and evaluated: no template pass
+    method.train()  # the current classes' targets, once
+    assert sum(passes) == 2 * 60
+    torch.testing.assert_close(method.frozen_text, _rederived_targets(["cat", "dog"]), rtol=1e-5, atol=1e-6)
+    method.eval().train()
+    method(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    assert sum(passes) == 2 * 60  # the same classes: not again
+    method.prepare_eval(CLASSES)
+    method.train()
+    assert sum(passes) == 5 * 60
+    torch.testing.assert_close(method.frozen_text, _rederived_targets(CLASSES), rtol=1e-5, atol=1e-6)
 
 
 def test_step_is_cross_entropy_plus_the_three_terms():
@@ -194,6 +226,42 @@ def test_resume_in_the_middle_of_a_gpa_run_is_bit_identical(tiny_clip_dir, fake_
         assert torch.equal(a[key], b[key]), key
     log_a, log_b = (json.loads((tmp_path / d / "log.json").read_text()) for d in ("full", "cut"))
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+
+
+def test_eval_of_a_run_never_runs_the_template_pass(tiny_clip_dir, fake_data_root, tmp_path, monkeypatch):
+    from textrefiner.training import build
+
+    passes: list[int] = []
+    load = build.load_pretrained
+
+    def counted(name):
+        model, tokenizer, processor = load(name)
+        _count_tower_passes(model, passes)
+        return model, tokenizer, processor
+
+    monkeypatch.setattr(build, "load_pretrained", counted)
+    cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / "run", epochs=1, method_options={"gpa_mean": 1.0, "gpa_std": 1.0})
+    results = engine.train(cfg)
+    assert sum(passes) == 3 * 60  # training: the 3 base classes' targets, once
+    passes.clear()
+    assert engine.evaluate_run(cfg) == results
+    assert passes == []  # testing the saved run: no template pass
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_low_precision_run_trains_on_the_float32_targets(tiny_clip_dir, fake_data_root, tmp_path, precision):
+    from textrefiner.training.build import _build
+
+    def targets(precision: str) -> torch.Tensor:
+        cfg = _cfg(tiny_clip_dir, fake_data_root, tmp_path / precision, precision=precision)
+        method, _ = _build(cfg, torch.device("cpu"), CLASSES, train=True)
+        return method.frozen_text
+
+    assert torch.equal(targets(precision), targets("fp32"))  # computed before the towers are stored in the low dtype
+    method = _method().eval()
+    method.cast_frozen(getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[precision]))
+    method.train()  # after the cast (a custom loop): computed under autocast, close to the float32 targets
+    torch.testing.assert_close(method.frozen_text, _rederived_targets(CLASSES), rtol=0, atol=2e-2)
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,17 @@ def store_frozen(model: nn.Module, dtype: torch.dtype) -> None:
                 setattr(module, name, b.to(torch.float32))
 
 
+def stored_for_autocast(model: nn.Module) -> torch.dtype | None:
+    """The low dtype :func:`store_frozen` stored ``model`` for (bf16/fp16 weights beside float32 ones), else None.
+
+    Such a model runs only under ``torch.autocast`` of that dtype; a model wholly in one dtype
+    runs as it is.
+    """
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    low = dtypes & {torch.bfloat16, torch.float16}
+    return low.pop() if len(low) == 1 and torch.float32 in dtypes else None
+
+
 @contextlib.contextmanager
 def tf32_matmuls(enabled: bool = True) -> Iterator[None]:
     """Float32 matmuls and convolutions on TF32 tensor cores (Ampere and later) within the block.

@@ -7,7 +7,7 @@ Gaussian prompt aggregation over the epochs (``gpa.py``). One step:
     z     = norm(frozen_image(x))                   # (B, d), the unprompted tower, no grad; run first
     f     = norm(image_features(x))                 # (B, d), prompted; TextRefiner captures these tokens
     E     = norm(text_features())                   # (C, d), prompted
-    F     = norm(mean_k frozen_text(template_k))    # (C, d), 60 ImageNet templates, once per class set
+    F     = norm(mean_k frozen_text(template_k))    # (C, d), 60 ImageNet templates, once per class set, by train()
     E_hat = refiner.refine(E, local_tokens)          # with TextRefiner; else E_hat = E
     s     = scale * f @ E_hat.T,  s0 = scale * z @ F.T
     loss  = CE(s, y) + 25 * mean|E - F| + 10 * mean|f - z| + L_logits
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._precision import stored_for_autocast
 from ..learners._vision import bind_refiner
 from ..learners.promptsrc import IVLP
 from ..learners.templates import IMAGENET_TEMPLATES, frozen_text_features
@@ -69,7 +70,9 @@ class PromptSRCMethod(TextClassifierMethod):
     """PromptSRC's IVLP prompts, consistency terms and GPA on a frozen CLIP, optionally refined.
 
     Call :meth:`end_epoch` after every epoch (``textrefiner train`` does): it adds the epoch's
-    weights to the Gaussian aggregate and, after the last, loads the aggregate.
+    weights to the Gaussian aggregate and, after the last, loads the aggregate. The frozen
+    template targets are computed by ``train()`` (only training reads them; a method built to be
+    evaluated never computes them): call it before compiling the step.
 
     Args:
         model: a CLIPModel or MetaClip2Model (frozen here; its vision tower gets prompt hooks).
@@ -125,16 +128,36 @@ class PromptSRCMethod(TextClassifierMethod):
             "gpa_mean": gpa_mean, "gpa_std": gpa_std,
         }
         self._frozen_classes: list[str] = []
-        self.register_buffer("frozen_text", self._frozen_text(list(classnames)), persistent=False)  # (C, d), normalised
+        self.register_buffer("frozen_text", None, persistent=False)  # (C, d), normalised; computed by train()
         self.attach_refiner(textrefiner)
         if self.refiner is not None:
             bind_refiner(self.refiner, self.learner.num_vision_tokens)
         names = [name for name, p in self.named_parameters() if p.requires_grad]  # prompts (+ TextRefiner's layers)
         self.gpa = GaussianPromptAggregation(self, names, gpa_mean, gpa_std)
 
-    def _frozen_text(self, classnames: list[str]) -> torch.Tensor:
-        self._frozen_classes = list(classnames)
-        return F.normalize(frozen_text_features(self.model, self.learner.encoder.tokenizer, classnames, self.templates), dim=-1)
+    def train(self, mode: bool = True) -> PromptSRCMethod:
+        """Training mode computes the frozen template targets of the current classes, if not yet done.
+
+        Only training reads them: a method built to be evaluated never runs the template pass
+        (C x 60 prompts through the text tower). Computed here, outside the step, the step stays
+        free of host syncs and compiles into one graph (call ``train()`` before ``torch.compile``).
+        """
+        super().train(mode)
+        if mode:
+            self._update_frozen_text()
+        return self
+
+    def _update_frozen_text(self) -> None:
+        """``frozen_text`` for ``learner.classnames``, once per set of classes, where the model is."""
+        if self.frozen_text is not None and self.learner.classnames == self._frozen_classes:
+            return
+        classnames = list(self.learner.classnames)
+        low = stored_for_autocast(self.model)  # after cast_frozen(bf16): the text tower runs only under autocast
+        device = next(self.model.parameters()).device
+        with torch.autocast(device.type, dtype=low, enabled=low is not None and not torch.is_autocast_enabled(device.type)):
+            features = frozen_text_features(self.model, self.learner.encoder.tokenizer, classnames, self.templates)
+        self.frozen_text = F.normalize(features, dim=-1)
+        self._frozen_classes = classnames
 
     def detach(self) -> None:
         """Remove the refiner's hooks and the vision prompts from the host model."""
@@ -157,8 +180,7 @@ class PromptSRCMethod(TextClassifierMethod):
                 bind_refiner(self.refiner, self.learner.num_vision_tokens)
 
     def training_step(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        if self.learner.classnames != self._frozen_classes:  # trained on other classes than at build: once per change
-            self.frozen_text = self._frozen_text(self.learner.classnames).to(pixel_values.device)
+        self._update_frozen_text()  # a no-op after train(); else (a step without train()) computed once, eagerly
         scale = logit_scale(self.model)
         frozen_images = self._frozen_images(pixel_values)  # (B, d); first: the prompted forward after it feeds TextRefiner
         images = self.image_features(pixel_values)  # (B, d)

@@ -44,14 +44,16 @@ def load_pretrained(name_or_path: str) -> tuple[torch.nn.Module, Any, Any]:
     return load_offline_first(load, resolve(name_or_path), "--model")
 
 
-def _build(cfg: RunConfig, device: torch.device, classnames: list[str], *, cast: bool = True) -> tuple[Method, Any]:
+def _build(cfg: RunConfig, device: torch.device, classnames: list[str], *, cast: bool = True, train: bool = False) -> tuple[Method, Any]:
     """The run's method on ``device``, its frozen towers stored for the run's precision (``cast``).
 
     The engine loads its own model, so it may store it as the step computes: float32 (whatever
     dtype the checkpoint was saved in), with the Linear/Conv weights in bf16/fp16 under those
     precisions, on any device (bit-identical to autocast's cast at every use, see
     ``_precision.py``). ``cast=False`` keeps the model as loaded, for callers that run the
-    method without autocast.
+    method without autocast. ``train=True`` puts the method in training mode before the cast: what
+    only training reads (PromptSRC's frozen template targets) is computed then, by the float32
+    towers, and never for a method built to be tested.
     """
     model, tokenizer, processor = load_pretrained(cfg.model)
     model.to(device)
@@ -65,6 +67,8 @@ def _build(cfg: RunConfig, device: torch.device, classnames: list[str], *, cast:
         cfg.method, model, tokenizer, classnames, textrefiner=(cfg.refiner_options or True) if cfg.textrefiner else False, **options
     )
     method = method.to(device)
+    if train:
+        method.train()
     if cast:  # autocast would re-cast every frozen weight at every use
         method.cast_frozen(PRECISIONS[resolve_precision(cfg.precision, device)] or torch.float32)
     return method, processor

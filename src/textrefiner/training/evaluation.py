@@ -20,7 +20,7 @@ from .config import BEST, WEIGHTS, RunConfig
 from .device import _autocast, _precision_scope, resolve_device, resolve_precision
 from .distributed import _Dist
 from .loaders import _loader
-from .run_data import _training_classnames
+from .run_data import _test_splits, _training_classnames
 
 
 @torch.no_grad()
@@ -77,6 +77,7 @@ def evaluate_run(
     device: torch.device | None = None,
     selected_epoch: int | None = None,
     ddp: _Dist | None = None,
+    check_images: bool = True,
 ) -> dict[str, Any]:
     """Accuracy on the test split(s) the protocol asks for.
 
@@ -84,6 +85,8 @@ def evaluate_run(
     Trained on all classes: accuracy on the dataset's test split and on each ``eval_datasets``.
     Without ``method``, the run's saved weights are tested: ``method.safetensors`` (the selected
     epoch), else, for an unfinished run, ``best.safetensors`` (best-val) or the last checkpoint.
+    Each test split's image headers are checked for decompression bombs before it is read, unless
+    ``check_images=False`` (``train`` checked every image of the run before it began).
     """
     from ..data import ImageDataset, load_dataset, transforms_from_processor
 
@@ -106,17 +109,17 @@ def evaluate_run(
 
     def accuracy(name: str, subsample: str) -> float:
         split = load_dataset(name, cfg.root, shots=0, seed=cfg.seed, subsample=subsample)
-        check_image_sizes(item.impath for item in split.test)
+        if check_images:
+            check_image_sizes(item.impath for item in split.test)
         with _precision_scope(cfg.precision, device):  # a tf32 run is tested with TF32 matmuls too (on CUDA)
             return evaluate(method, ImageDataset(split.test, transform), split.classnames, cfg, device, desc=f"{name}/{subsample}", ddp=ddp)
 
     results: dict[str, Any] = {"method": cfg.method, "textrefiner": cfg.textrefiner, "dataset": cfg.dataset, "seed": cfg.seed, "shots": cfg.shots}
     results |= {"select": cfg.select, "selected_epoch": selected_epoch}
+    scores = [accuracy(name, subsample) for name, subsample in _test_splits(cfg)]
     if cfg.subsample == "base":
-        base, novel = accuracy(cfg.dataset, "base"), accuracy(cfg.dataset, "novel")
+        base, novel = scores
         results |= {"protocol": "base2novel", "base": base, "novel": novel, "hm": harmonic_mean(base, novel)}
     else:
-        results |= {"protocol": "cross", cfg.dataset: accuracy(cfg.dataset, cfg.subsample)}
-        for target in cfg.eval_datasets:
-            results[target] = accuracy(target, "all")
+        results |= {"protocol": "cross"} | dict(zip([cfg.dataset, *cfg.eval_datasets], scores))
     return results

@@ -97,7 +97,7 @@ def _save_best(method: Method, path: Path, epoch: int, val_acc: float) -> None:
 def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, classnames, checkpoint) -> dict[str, Any]:
     from ..data import DecodedImageDataset, ImageDataset, transforms_from_processor
 
-    method, processor = _build(cfg, device, classnames)
+    method, processor = _build(cfg, device, classnames, train=True)
     train_transform = transforms_from_processor(processor, train=True)
     if cfg.decode_once:  # decoded once into memory; resize/flip/normalise in the workers or on the device
         augment_on = _augment_on(cfg.augment_on, device, train_transform)
@@ -210,7 +210,8 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
         except OSError as err:
             raise RunError(f"could not save the trained weights in {out}: {err.strerror or err}; the checkpoint is kept") from err
     with _rank0_state(method, ddp):  # every rank tests rank 0's (selected) state, on its share of the test images
-        results = evaluate_run(cfg, method=method, device=device, selected_epoch=selected, ddp=ddp)
+        # the test images' headers were checked before the run began (run_data._check_run_images)
+        results = evaluate_run(cfg, method=method, device=device, selected_epoch=selected, ddp=ddp, check_images=False)
     if ddp.main:
         atomic_write_text(out / RESULTS, json.dumps(results, indent=2, sort_keys=True) + "\n")
         if method.refiner is not None:  # the refiner's model card names the run it came from

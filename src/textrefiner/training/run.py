@@ -19,7 +19,7 @@ from .device import _check_tf32, _precision_scope, resolve_device, resolve_preci
 from .distributed import _Dist
 from .loop import _train
 from .resume import _check_resumable
-from .run_data import _training_items
+from .run_data import _check_run_images, _training_items
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -61,6 +61,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> d
             "or another --output-dir"
         )
     items, classnames = _training_items(cfg)
+    _check_run_images(cfg, items)  # a decompression bomb in any split it will read, named before any work
     if len(items) < world:
         raise RunError(f"{len(items)} training image(s) cannot be split over {world} processes")
     ddp = _Dist(device)

@@ -1,4 +1,4 @@
-"""The images a run trains on and selects its epoch with, checked before any model loads."""
+"""The images a run trains on, selects its epoch with and is tested on, checked before any model loads."""
 
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ def _training_items(cfg: RunConfig) -> tuple[list, list[str]]:
         items = unlabeled_items(cfg.unlabeled_root) if cfg.unlabeled_root else [replace(i, label=-1) for i in data.train]
         classnames = data.classnames
     _check_training_data(cfg, items, classnames)
-    check_image_sizes(item.impath for item in items)  # a decompression bomb, named before any work
     return items, classnames
 
 
@@ -77,7 +76,6 @@ def _validation_split(cfg: RunConfig) -> tuple[list, list[str]]:
     items = data.test if cfg.val_split == "test" else data.val
     if not items:
         raise ValueError(f"--select best-val needs validation images, but {cfg.dataset} has an empty {cfg.val_split} split; pass --select last")
-    check_image_sizes(item.impath for item in items)
     return items, data.classnames
 
 
@@ -90,3 +88,34 @@ def _has_val(cfg: RunConfig) -> bool:
     except (ValueError, OSError):
         return False
     return len(items) <= 4 * len(classnames)  # CoOp's few-shot val, not a test split standing in for it (ImageNet)
+
+
+def _test_splits(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The ``(dataset, subsample)`` test splits a run is scored on, in order.
+
+    Trained on base classes: the dataset's base and novel test splits. Trained on all classes:
+    the dataset's test split and each ``eval_datasets``' whole test split.
+    """
+    if cfg.subsample == "base":
+        return [(cfg.dataset, "base"), (cfg.dataset, "novel")]
+    return [(cfg.dataset, cfg.subsample), *((target, "all") for target in cfg.eval_datasets)]
+
+
+def _check_run_images(cfg: RunConfig, items: list) -> None:
+    """Every image the run will read (``items``, the val split for best-val, every test split), by header, once.
+
+    A decompression bomb anywhere is named before any work, not after training when its
+    split is scored; :func:`evaluate_run` then skips its own check (``check_images=False``).
+    Headers only: about 30 µs an image from the page cache (the README says what it was measured on).
+
+    Raises:
+        ValueError: an image over ``PIL.Image.MAX_IMAGE_PIXELS``, named with the limit and how to raise it.
+    """
+    from ..data import load_dataset
+
+    paths = [item.impath for item in items]
+    if cfg.select == "best-val" or _has_val(cfg):  # a `last` run scores its few-shot val too (training/loop.py)
+        paths += [item.impath for item in _validation_split(cfg)[0]]
+    for name, subsample in _test_splits(cfg):
+        paths += [item.impath for item in load_dataset(name, cfg.root, shots=0, seed=cfg.seed, subsample=subsample).test]
+    check_image_sizes(dict.fromkeys(paths))  # each file once (best-val on the test split reads it twice)
