@@ -66,7 +66,8 @@ def test_every_option_has_help_and_shows_its_default(command):
 
 def test_known_defaults_are_in_the_rendered_help():
     text = " ".join(_subparsers(build_parser())["train"].format_help().split())
-    for piece in ("--seed SEED seeds", "(default: 1)", "(default: 10)", "(default: 32)", "(default: 0.002)",
+    for piece in ("--seed SEED seeds", "(default: 1)", "(default: 10; --model mini: the mini recipe's 25)",
+                  "(default: 32; --model mini: 16)", "(default: 0.002; --model mini: 0.05)",
                   "(default: 1e-05)", "(default: auto)", "default: the CPUs available less one, at most 16", "(default: auto)"):
         assert piece in text, piece
 
@@ -127,3 +128,47 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, command):
     err = capsys.readouterr().err
     assert err.startswith(f"textrefiner {command}: interrupted") and err.count("\n") == 1, err
     assert ("--resume" in err) == (command == "train")
+
+
+@pytest.mark.parametrize("typo, meant", [("--epoch", "--epochs"), ("--lrr", "--lr"), ("--output", "--output-dir")])
+def test_a_flag_prefix_is_not_taken_for_the_flag_and_the_closest_is_named(capsys, typo, meant):
+    """`--epoch 3` once silently meant --epochs (argparse's prefix matching); now it is an error naming --epochs."""
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--model", "mini", "--dataset", "mini-colours", "--root", "r", "--output-dir", "o", typo, "3"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"unrecognized arguments: {typo} 3 (did you mean {meant}?)" in err, err
+
+
+def test_model_mini_trains_with_the_mini_recipe_unless_told_otherwise():
+    from textrefiner.cli import _run_config
+    from textrefiner.mini import WEIGHTS_DIR
+    from textrefiner.mini.datasets import MINI_RECIPE
+
+    def cfg(*extra):
+        args = build_parser().parse_args(["train", "--dataset", "mini-colours", "--root", "r", "--output-dir", "o", *extra])
+        return _run_config(args), args.recipe_note
+
+    for model in ("mini", str(WEIGHTS_DIR)):
+        run, note = cfg("--model", model)
+        assert (run.lr, run.batch_size, run.epochs, run.select) == (0.05, 16, 25, "last") == tuple(
+            MINI_RECIPE[k] for k in ("lr", "batch_size", "epochs", "select"))
+        assert "the mini CLIP's recipe" in note
+    run, note = cfg("--model", "mini", "--lr", "0.002", "--select", "best-val")  # what is given wins
+    assert (run.lr, run.batch_size, run.select) == (0.002, 16, "best-val") and "with --lr, --select as given" in note
+    run, note = cfg("--model", "openai/clip-vit-base-patch16")
+    assert (run.lr, run.batch_size, run.epochs, run.select) == (0.002, 32, 10, "best-val") and "reference recipe" in note
+    run, note = cfg("--model", "mini", "--recipe", "coop_vit_b16_ep10_ctxv1")  # a named recipe replaces the defaults
+    assert (run.lr, run.batch_size) == (0.002, 32) and "coop_vit_b16_ep10_ctxv1" in note
+
+
+def test_eval_of_a_folder_that_does_not_exist_says_so(tmp_path, capsys):
+    assert main(["eval", "--run-dir", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"textrefiner eval: error: --run-dir {tmp_path / 'nope'} does not exist"
+
+
+def test_every_path_option_expands_home(tmp_path, monkeypatch, capsys):
+    """`--root=~/data` reaches the program unexpanded (the shell expands only a word starting with ~)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["eval", "--run-dir=~/runs/x"]) == 2
+    assert f"--run-dir {tmp_path}/runs/x does not exist" in capsys.readouterr().err

@@ -497,3 +497,26 @@ def test_fake_images_are_learnable(eurosat):
     centroids = torch.stack([xtr[ytr == c].mean(0) for c in range(data.num_classes)])
     accuracy = (torch.cdist(xte, centroids).argmin(1) == yte).float().mean().item()
     assert accuracy >= 0.9
+
+
+def test_make_fake_dataset_and_run_config_expand_home(tmp_path, monkeypatch):
+    """`make_fake_dataset("~/data", ...)` wrote a literal `./~/data`; every path argument expands `~`."""
+    from textrefiner.engine import RunConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    folder = make_fake_dataset("~/data", "eurosat", num_classes=2, images_per_class=4, image_size=16)
+    assert folder == tmp_path / "home" / "data" / "eurosat" and not (work / "~").exists()
+    cfg = RunConfig(dataset="eurosat", root="~/data", output_dir="~/runs/x", model="~/models/clip")
+    assert (cfg.root, cfg.output_dir, cfg.model) == tuple(str(tmp_path / "home" / p) for p in ("data", "runs/x", "models/clip"))
+
+
+@pytest.mark.parametrize("typed, suggested", [("mini-color", "mini-colours"), ("mini_colurs", "mini_colours"),
+                                              ("eurosatt", "eurosat")])
+def test_unknown_dataset_suggests_the_closest_name_as_typed(typed, suggested):
+    from textrefiner.data import get_dataset_info
+
+    with pytest.raises(ValueError, match=rf"unknown dataset '{typed}' \(did you mean {suggested}\?\); known datasets: "):
+        get_dataset_info(typed)

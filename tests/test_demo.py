@@ -24,7 +24,7 @@ def test_demo_command_runs_offline_on_the_mini_clip_and_says_what_it_is(tmp_path
     assert "A MINIATURE ON SYNTHETIC DATA, NOT THE PAPER'S BENCHMARK" in out
     assert "| dataset | classes base/novel | chance base/novel | method | base | novel | HM |" in out
     for method in ("zero-shot CLIP", "coop", "coop + TextRefiner"):
-        row = re.search(rf"\| mini_colours \| 6/6 \| 16\.7/16\.7 \| {re.escape(method)} \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out)
+        row = re.search(rf"\| mini-colours \| 6/6 \| 16\.7/16\.7 \| {re.escape(method)} \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out)
         assert row, (method, out)
         assert all(0 <= float(v) <= 100 for v in row.groups())
     # the real artefacts of both trained runs were written, data in CoOp's layout
@@ -37,7 +37,24 @@ def test_demo_help_lists_the_mini_datasets():
     from textrefiner.cli import build_parser
 
     help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["demo"].format_help().split())
-    assert "mini-shapes, mini-colours, mini-lookalikes" in help_text and "(default: 0.05)" in help_text
+    demo = build_parser()._subparsers._group_actions[0].choices["demo"]
+    (datasets,) = [a for a in demo._actions if "--datasets" in a.option_strings]  # the rendered help may wrap at a hyphen
+    assert "mini-patterns, mini-colours, mini-lookalikes" in datasets.help and "(default: 0.05)" in help_text
+
+
+def test_demo_timing_claims_agree():
+    """The demo's help, its docstring and the README state one duration (measured: ~30 s on one busy core)."""
+    from pathlib import Path
+
+    from textrefiner import demo
+    from textrefiner.cli import build_parser
+
+    claim = "about half a minute"
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["demo"].format_help().split())
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert claim in help_text and claim in " ".join(demo.__doc__.split()).lower() and f"textrefiner demo # the main job, offline, {claim}" in readme
+    for other in ("a few minutes", "under a minute"):
+        assert other not in help_text and f"demo {other}" not in readme
 
 
 @pytest.mark.parametrize("flags, says", [(["--epochs", "0"], "`epochs` should be positive"),

@@ -98,22 +98,26 @@ def test_command_trains_evaluates_and_tabulates(tiny_clip_dir, fake_data_root, t
 
 def test_results_table_averages_seeds_and_takes_hm_of_averages():
     rs = [
-        {"method": "coop", "textrefiner": True, "dataset": "d", "protocol": "base2novel", "seed": s, "base": b, "novel": n}
+        {"method": "coop", "textrefiner": True, "dataset": "d", "protocol": "base2novel", "seed": s, "base": b, "novel": n,
+         "hm": 2 * b * n / (b + n)}
         for s, b, n in [(1, 80.0, 60.0), (2, 90.0, 70.0)]
     ]
     table = results_table(rs)
-    assert "| coop + TextRefiner | d | 1,2 | 85.00 | 65.00 | 73.67 |" in table
+    # two seeds: half-width = t(0.975, df 1) * sample std / sqrt(2) = 12.706 * 7.071 / 1.414 = 63.53; HM's over per-seed HMs
+    hm_half = 12.706 * abs(80 * 60 * 2 / 140 - 90 * 70 * 2 / 160) / 2
+    assert f"| coop + TextRefiner | d | 2 (1,2) | 85.00 ± 63.53 | 65.00 ± 63.53 | 73.67 ± {hm_half:.2f} |" in table, table
+    assert "95% interval" in table
     assert "average" not in table  # one dataset: no average row
     other = [r | {"dataset": "e", "base": r["base"] - 10, "novel": r["novel"] + 10} for r in rs]
     table = results_table(rs + other)
-    assert "| coop + TextRefiner | average of 2 | 1,2 | 80.00 | 70.00 | 74.67 |" in table
+    assert "| coop + TextRefiner | average of 2 | 2 (1,2) | 80.00 | 70.00 | 74.67 |" in table
 
 
 def test_results_table_has_one_row_per_dataset_however_it_was_spelt():
     rs = [{"method": "coop", "textrefiner": True, "dataset": name, "protocol": "base2novel", "seed": s, "base": 80.0, "novel": 60.0}
           for s, name in [(1, "mini-colours"), (2, "mini_colours"), (3, "MiniColours")]]
     table = results_table(rs)  # were three rows and an "average of 3" over one dataset
-    assert "| coop + TextRefiner | mini_colours | 1,2,3 | 80.00 | 60.00 |" in table and "average" not in table
+    assert "| coop + TextRefiner | mini_colours | 3 (1,2,3) | 80.00 ± 0.00 | 60.00 ± 0.00 |" in table and "average" not in table
 
 
 @pytest.mark.slow
@@ -457,3 +461,24 @@ def test_max_prompts_may_change_on_resume_other_method_options_may_not():
     assert engine._changed_settings(saved, cfg(ctx_init="a photo of the", max_prompts=64)) == [
         "method_options: {'ctx_init': 'a photo of a'} -> {'ctx_init': 'a photo of the'}"
     ]
+
+
+def test_table_output_inside_the_runs_folder_does_not_break_the_next_table(tmp_path, capsys):
+    """`table runs/* --output runs/table`, then `table runs/*` again: the table's own files are skipped, not read as runs."""
+    import json
+
+    from textrefiner.cli import main
+
+    for seed in (1, 2):
+        run = tmp_path / "runs" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({"method": "coop", "textrefiner": True, "dataset": "eurosat", "seed": seed,
+                                                      "protocol": "base2novel", "base": 80.0 + seed, "novel": 60.0, "hm": 69.0}))
+    runs = lambda: sorted(str(p) for p in (tmp_path / "runs").iterdir())  # noqa: E731 -- what the shell's runs/* gives
+    assert main(["table", *runs(), "--output", str(tmp_path / "runs" / "table")]) == 0
+    first = capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"seed1", "seed2", "table.md", "table.json"}
+    assert main(["table", *runs()]) == 0
+    out, err = capsys.readouterr()
+    assert out == first and "2 (1,2)" in out
+    assert err.count("note: skipping") == 2 and "table.md" in err and "table.json" in err

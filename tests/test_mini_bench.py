@@ -23,5 +23,25 @@ def test_mini_b2n_smoke_writes_its_table_where_told(tmp_path):
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"zero-shot CLIP", "coop", "coop + TextRefiner"}
     assert all(0 <= r[k] <= 100 for r in result["rows"] for k in ("base", "novel", "hm"))
+    trained = [r for r in result["rows"] if r["method"] != "zero-shot CLIP"]
+    assert all(len(r["seeds"]) == 2 and r["base_ci95"] is not None for r in trained)  # an interval over seeds per row
+    (diff,) = result["paired_differences"]  # TextRefiner - without, seed by seed
+    assert diff["method"] == "coop" and diff["seeds"] == 2 and diff["dataset"] == "mini-patterns"
+    assert "Paired difference, TextRefiner - without" in (tmp_path / "cpu_smoke_mini_b2n.md").read_text()
     assert (tmp_path / "cpu_smoke_mini_b2n.md").read_text().startswith("## ")
     assert sorted((BENCH / "results").iterdir()) == before  # nothing written into the clone
+
+
+def test_the_benchmark_runs_each_learner_of_one_list():
+    """Adding a learner to the benchmark is one line in METHODS."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_mini_b2n", BENCH / "bench_mini_b2n.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.METHODS == ["coop"]
+    results = json.loads((BENCH / "results" / "cpu_mini_b2n.json").read_text())
+    assert all(len(r["seeds"]) >= 5 for r in results["rows"] if r["method"] in ("coop", "coop + TextRefiner"))
+    zero = {r["dataset"]: r["base"] for r in results["rows"] if r["method"] == "zero-shot CLIP" and not r["dataset"].startswith("average")}
+    coop = {r["dataset"]: r["base"] for r in results["rows"] if r["method"] == "coop" and not r["dataset"].startswith("average")}
+    assert len(zero) == 3 and all(coop[d] >= zero[d] + 10 for d in zero), (zero, coop)  # the miniature learns (issue 21)

@@ -107,19 +107,19 @@ def test_mini_dataset_is_byte_identical_when_redrawn(tmp_path):
 
 @pytest.mark.slow
 def test_mini_dataset_is_drawn_on_first_use(tmp_path):
-    data = load_dataset("mini-shapes", tmp_path, shots=0, subsample="all")
-    assert data.num_classes == 10 and (tmp_path / "mini-shapes" / "classnames.txt").is_file()
-    assert len(data.test) == 10 * 24  # 80 pictures per class, 30 % test
+    data = load_dataset("mini-patterns", tmp_path, shots=0, subsample="all")
+    assert data.num_classes == 12 and (tmp_path / "mini-patterns" / "classnames.txt").is_file()
+    assert len(data.test) == 12 * 36  # 120 pictures per class, 30 % test
 
 
 def test_mini_dataset_root_is_created_on_first_use(tmp_path):
     root = tmp_path / "not" / "yet"  # the README's `--root ~/data` on a fresh machine
     data = load_dataset("mini-lookalikes", root, shots=0, subsample="all")
-    assert (root / "mini-lookalikes" / "classnames.txt").is_file() and data.num_classes == 8
+    assert (root / "mini-lookalikes" / "classnames.txt").is_file() and data.num_classes == 12
 
 
 def test_dataset_classes_constrain_the_pictures():
-    """A class fixes its attributes (colour of mini-colours, shape of mini-shapes) and the style is shifted."""
+    """A class fixes its attributes (colour and pattern of mini-colours) and the style is shifted."""
     spec = mini_spec("colours")
     _, fixed = spec.classes[0]
     rng = np.random.default_rng(0)

@@ -122,16 +122,22 @@ def _command_lines() -> list[str]:
     return lines
 
 
-def test_readme_mini_train_commands_use_the_demo_recipe():
-    """At train's default lr 0.002 the mini CLIP's context does not move off zero-shot (best-val
-    keeps epoch 1), so every mini `textrefiner train` the README shows passes the demo's lr and batch."""
-    from textrefiner.mini.datasets import DEMO_RECIPE
+def test_readme_mini_train_commands_get_the_mini_recipe():
+    """Every mini `textrefiner train` the README shows trains with the mini CLIP's recipe, given or by default
+    (at the reference lr 0.002 the mini CLIP's context does not move off zero-shot)."""
+    import shlex
+
+    from textrefiner.cli import _run_config, build_parser
+    from textrefiner.mini.datasets import MINI_RECIPE
 
     text = " ".join(README.read_text().split())
     commands = re.findall(r"`(textrefiner train --model mini [^`]*)`", text)
     assert commands
     for command in commands:
-        assert f"--lr {DEMO_RECIPE['lr']} --batch-size {DEMO_RECIPE['batch_size']}" in command, command
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        cfg = _run_config(args)
+        assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.select) == tuple(MINI_RECIPE[k] for k in ("lr", "batch_size", "epochs", "select"))
+        assert "mini CLIP's recipe" in args.recipe_note, command
 
 
 @pytest.mark.slow
@@ -150,7 +156,7 @@ def test_readme_commands_run_as_written(readme_machine):
         done = subprocess.run(["bash", "-c", line], env=env, cwd=work, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, (line, done.stdout[-2000:], done.stderr[-4000:])
         if line.split()[1] in ("train", "eval"):
-            assert "| coop + TextRefiner | eurosat | 1 |" in done.stdout, line
+            assert "| coop + TextRefiner | eurosat | 1 (1) |" in done.stdout, line
             assert "Loading weights" not in done.stderr  # transformers' own bars are off unless --verbose
     assert (work / "runs" / "coop_tr" / "table.md").read_text().startswith("| method | dataset | seeds | base | novel | hm |")
 
@@ -177,3 +183,10 @@ def test_readme_api_table_lists_every_textrefiner_option_with_its_default():
     for name, p in inspect.signature(textrefiner.TextRefiner.__init__).parameters.items():
         if p.kind is p.KEYWORD_ONLY:
             assert f"{name}={p.default!r}" in line, name
+
+
+def test_readme_first_block_sets_up_and_runs_the_main_job():
+    first = _blocks("bash")[0]
+    commands = [re.sub(r"\s+#.*$", "", line).strip() for line in first.strip().splitlines()]
+    assert commands == ['pip install -e ".[test]"', "python -m pytest", "textrefiner demo"], commands
+    assert README.read_text().index("```bash") < README.read_text().index("```python")  # it is the first code block

@@ -358,3 +358,26 @@ def test_huge_half_precision_tokens_write_cleanly():
         refiner.update_cache((torch.randn(64, D).clamp(-2, 2) * 30000).half())  # near the fp16 maximum
     assert torch.isfinite(refiner.cache).all() and refiner.cache.dtype == torch.float32
     torch.testing.assert_close(refiner.cache.norm(dim=1), torch.ones(6), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("hub_says, message", [
+    ("offline", "no such folder: runs/refiner (expected a folder holding"),
+    ("not found", "no such folder: runs/refiner, and no Hub repository runs/refiner either"),
+])
+def test_from_pretrained_of_a_missing_local_folder_says_no_such_folder(tmp_path, monkeypatch, hub_says, message):
+    """`runs/refiner` (no `runs/` here) could be a Hub id: the Hub's connection error is not what the user needs."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    def snapshot_download(name, **kwargs):
+        if hub_says == "offline":
+            raise LocalEntryNotFoundError("Cannot reach the Hub: connection error")
+        err = RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # as raised on the Hub's 404, without a live response
+        Exception.__init__(err, f"404 Client Error: Repository Not Found for url: https://huggingface.co/{name}")
+        raise err
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    with pytest.raises(FileNotFoundError) as err:
+        TextRefiner.from_pretrained("runs/refiner")
+    assert str(err.value).startswith(message) and "connection" not in str(err.value)

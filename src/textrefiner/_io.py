@@ -86,8 +86,14 @@ def _resolve(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Path:
     if isinstance(name_or_path, os.PathLike) or _looks_local(name) or not _REPO_ID.fullmatch(name):
         raise FileNotFoundError(f"no such folder: {name} (expected a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}, or a Hub id user/name)")
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
-    return Path(snapshot_download(name, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs))
+    try:
+        return Path(snapshot_download(name, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs))
+    except RepositoryNotFoundError as err:  # the Hub answered: no such repository (or not one this user may read)
+        raise FileNotFoundError(f"no such folder: {name}, and no Hub repository {name} either") from err
+    except (LocalEntryNotFoundError, OSError) as err:  # offline, or the Hub unreachable: the folder is what was meant
+        raise FileNotFoundError(f"no such folder: {name} (expected a folder holding {CONFIG_NAME} and {WEIGHTS_NAME})") from err
 
 
 def load_refiner(

@@ -63,16 +63,22 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=1, help="seeds few-shot sampling, initialisation and data order")
     p.add_argument("--subsample", default="base", choices=["base", "novel", "all"], help="classes to train on")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=32, help="training images per step, over all processes (the global batch)")
-    p.add_argument("--lr", type=float, default=0.002, help="SGD learning rate after the warm-up (cosine schedule)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 10; --model mini: the mini recipe's 25)")
+    p.add_argument(
+        "--batch-size", type=int, default=None,
+        help="training images per step, over all processes (the global batch) (default: 32; --model mini: 16)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=None,
+        help="SGD learning rate after the warm-up (cosine schedule) (default: 0.002; --model mini: 0.05)",
+    )
     p.add_argument("--warmup-epochs", type=int, default=1, help="constant warm-up epochs at --warmup-lr")
     p.add_argument("--warmup-lr", type=float, default=1e-5, help="learning rate during the warm-up")
     p.add_argument(
         "--select", default="auto", choices=["auto", "best-val", "last"],
         help="model selection: best-val scores the val split after every epoch and tests the first epoch with the best "
         "accuracy (the release's base-to-novel choice); last tests the last epoch (cross-dataset); auto: best-val unless "
-        "--subsample all or --method promptsrc (its GPA aggregate is the last epoch)",
+        "--subsample all or --method promptsrc (its GPA aggregate is the last epoch); --model mini: last, the mini recipe's",
     )
     p.add_argument(
         "--val-split", default="val", choices=["val", "test"],
@@ -142,7 +148,7 @@ _OPTION_OF_FLAG = {
 
 def _given_settings(argv: Sequence[str]) -> set[str]:
     """The RunConfig settings the user wrote on the command line (so a recipe does not replace them)."""
-    probe = argparse.ArgumentParser(add_help=False)
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     _add_run_arguments(probe)
     for action in probe._actions:
         action.default, action.required = argparse.SUPPRESS, False
@@ -182,11 +188,39 @@ def _run_config(args: argparse.Namespace):
         log_every=args.log_every, compile=args.compile, compile_mode=args.compile_mode, decode_once=args.decode_once, max_image_side=args.max_image_side,
         augment_on=args.augment_on, kd_weight=args.kd_weight, strict_shots=args.strict_shots,
     )
+    args.recipe_note = _default_recipe(settings)
     if args.recipe is not None:
         from .recipes import apply_recipe
 
         settings = apply_recipe(args.recipe, settings, _given_settings(getattr(args, "argv", ())))
+        args.recipe_note = f"the named recipe {args.recipe} (see `textrefiner recipes`), with the options given"
     return RunConfig(**settings)
+
+
+# What `train` uses for the options the user leaves out: the reference recipe (docs/method.md §7) for real
+# models, the mini CLIP's own recipe (docs/mini.md) for `--model mini`.
+REFERENCE_RECIPE = {"epochs": 10, "batch_size": 32, "lr": 0.002, "select": "auto"}
+
+
+def _default_recipe(settings: dict[str, Any]) -> str:
+    """Fill the recipe options left unset (None / auto) in ``settings``; returns one line saying which recipe."""
+    from .mini.datasets import MINI_RECIPE
+    from .mini.model import MODEL_NAME, WEIGHTS_DIR
+
+    model = settings["model"]
+    mini = model == MODEL_NAME or Path(model).expanduser().resolve() == WEIGHTS_DIR.resolve()
+    recipe = MINI_RECIPE if mini else REFERENCE_RECIPE
+    unset = [k for k in REFERENCE_RECIPE if settings[k] is None or (k == "select" and settings[k] == "auto")]
+    if mini and settings.get("subsample") == "all":  # cross-dataset runs already test the last epoch
+        unset = [k for k in unset if k != "select"]
+    for key in unset:
+        settings[key] = recipe[key]
+    name = "the mini CLIP's recipe (docs/mini.md)" if mini else "the reference recipe (docs/method.md §7)"
+    used = ", ".join(f"{k.replace('_', ' ')} {settings[k]}" for k in REFERENCE_RECIPE)
+    if not unset:
+        return f"{used}, all as given"
+    given = sorted(set(REFERENCE_RECIPE) - set(unset))
+    return f"{used}: {name}" + (f", with {', '.join('--' + k.replace('_', '-') for k in given)} as given" if given else "")
 
 
 def _print_results(results: dict[str, Any]) -> None:
@@ -194,12 +228,15 @@ def _print_results(results: dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ._summary import run_summary
     from .training import train
 
     cfg = _run_config(args)
+    print(f"recipe: {args.recipe_note}", flush=True)
     results = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if results:
         _print_results(results)
+        print(run_summary(results, cfg, recipe=args.recipe_note))
     return 0
 
 
@@ -209,6 +246,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .results import RESULTS
     from .training import RunConfig, evaluate_run
 
+    if not Path(args.run_dir).is_dir():
+        raise FileNotFoundError(f"--run-dir {args.run_dir} does not exist" if not Path(args.run_dir).exists() else
+                                f"--run-dir {args.run_dir} is a file; expected the --output-dir folder of a `textrefiner train` run")
     cfg = RunConfig.load(args.run_dir)
     overrides = {k: v for k, v in {"root": args.root, "device": args.device, "output_dir": args.run_dir}.items() if v is not None}
     if args.eval_datasets is not None:
@@ -287,11 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole parser; building it imports no torch, so ``--help`` answers at once."""
     from ._names import METHOD_NAMES
     from ._version import __version__
-    from .mini.datasets import DEMO_DATASETS, DEMO_RECIPE, MINI_DATASETS
+    from .mini.datasets import DEMO_DATASETS, MINI_DATASETS, MINI_RECIPE
 
     MINI_NAMES = [f"mini-{n}" for n in MINI_DATASETS]
     parser = argparse.ArgumentParser(
-        prog="textrefiner", formatter_class=HelpFormatter,
+        prog="textrefiner", formatter_class=HelpFormatter, allow_abbrev=False,  # `--epoch 3` is an error, not --epochs
         description="TextRefiner prompt learning on Hugging Face CLIP models.",
         epilog="Try `textrefiner demo` for an offline demo on the mini CLIP, or `textrefiner COMMAND --help` for a command's options. "
         "The method: docs/method.md.",
@@ -300,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
 
     def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=description, formatter_class=HelpFormatter)
+        return sub.add_parser(name, help=help, description=description, formatter_class=HelpFormatter, allow_abbrev=False)
 
     p = add("train", "train a prompt learner (with or without TextRefiner) and evaluate it",
             "Train a prompt learner on the few-shot base classes of a dataset with the reference recipe "
@@ -363,16 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
             "Load the mini CLIP shipped in the package (a real CLIPModel pretrained by us on generated pictures of "
             "coloured shapes), draw the mini datasets in CoOp's layout, and compare zero-shot CLIP with each method "
             "trained on the base classes with and without TextRefiner, tested on base and novel classes. A "
-            "miniature on synthetic data that shows learning, not the paper's benchmark; a few minutes on 2 CPU cores.")
+            "miniature on synthetic data that shows learning, not the paper's benchmark; about half a minute on one CPU core.")
     p.add_argument("--work-dir", default=None, help="keep the generated data and runs here (default: a temporary folder)")
     p.add_argument("--datasets", nargs="+", default=list(DEMO_DATASETS), choices=MINI_NAMES, metavar="DATASET",
                    help=f"mini datasets to run, from {', '.join(MINI_NAMES)}")
     p.add_argument("--methods", nargs="+", default=["coop"], choices=METHOD_NAMES, metavar="METHOD",
                    help="prompt learners to train, each with and without TextRefiner")
-    p.add_argument("--epochs", type=int, default=DEMO_RECIPE["epochs"], help="training epochs per run")
-    p.add_argument("--shots", type=int, default=DEMO_RECIPE["shots"], help="training images per base class")
-    p.add_argument("--lr", type=float, default=DEMO_RECIPE["lr"], help="SGD learning rate")
-    p.add_argument("--batch-size", type=int, default=DEMO_RECIPE["batch_size"], help="training batch size")
+    p.add_argument("--epochs", type=int, default=MINI_RECIPE["epochs"], help="training epochs per run")
+    p.add_argument("--shots", type=int, default=MINI_RECIPE["shots"], help="training images per base class")
+    p.add_argument("--lr", type=float, default=MINI_RECIPE["lr"], help="SGD learning rate")
+    p.add_argument("--batch-size", type=int, default=MINI_RECIPE["batch_size"], help="training batch size")
     p.add_argument("--seed", type=int, default=1, help="seeds few-shot sampling, initialisation and data order")
     p.add_argument("--model", default="mini", help='"mini" (the shipped mini CLIP) or a folder written by python -m textrefiner.mini.pretrain')
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -398,16 +438,45 @@ def _quiet_hf() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _did_you_mean(unknown: Sequence[str], parser: argparse.ArgumentParser) -> str:
+    """``" (did you mean --epochs?)"`` for each unknown flag close to one of ``parser``'s; else ``""``."""
+    import difflib
+
+    flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for word in unknown:
+        if word.startswith("--"):
+            hints += difflib.get_close_matches(word.split("=", 1)[0], flags, n=1, cutoff=0.6)
+    return f" (did you mean {' / '.join(hints)}?)" if hints else ""
+
+
+_PATHS = ("root", "output_dir", "run_dir", "work_dir", "output", "images", "unlabeled_root", "plot")
+
+
+def _expand_home(args: argparse.Namespace) -> None:
+    """``~`` in every path option, also where the shell left it (``--root=~/data``, quoted)."""
+    import os
+
+    for name in _PATHS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
+    if isinstance(getattr(args, "runs", None), list):
+        args.runs = [os.path.expanduser(r) for r in args.runs]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's own parser: `textrefiner CMD: error: ...`, as every other command error
         commands = parser._subparsers._group_actions[0].choices
-        (commands[args.command] if args.command in commands else parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+        own = commands[args.command] if args.command in commands else parser
+        own.error(f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(unknown, own)}")
     if args.command is None:  # bare `textrefiner`: say what there is (exit 2, as for any call that ran nothing)
         parser.print_help()
         return 2
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what was written, for `train --recipe`
+    _expand_home(args)
     if not getattr(args, "verbose", True):
         _quiet_hf()
     try:

@@ -3,7 +3,9 @@ and the Markdown table that ``textrefiner table``, the demo, the figures and the
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +24,7 @@ def _label(r: dict[str, Any]) -> str:
 def aggregate_results(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Average results over seeds: one row per (method, TextRefiner, dataset, protocol)."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    from ._stats import mean_ci
     from .data import get_dataset_info
 
     def dataset(name: Any) -> Any:  # one row per dataset however it was spelt (`mini-colours`, `mini_colours`, `EuroSAT`)
@@ -39,7 +42,9 @@ def aggregate_results(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
         row = {"method": method, "textrefiner": tr, "dataset": dataset, "protocol": protocol, "seeds": sorted(r["seed"] for r in runs)}
         for m in metrics:
             values = [r[m] for r in runs if m in r]
-            row[m] = sum(values) / len(values)
+            row[m], half = mean_ci(values)
+            if half is not None:  # the 95% interval over seeds (textrefiner._stats)
+                row[f"{m}_ci95"] = half
         if protocol == "base2novel":
             row["hm"] = harmonic_mean(row["base"], row["novel"])  # HM of the averages, as papers report
         rows.append(row)
@@ -67,20 +72,25 @@ def _dataset_averages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def results_table(results: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table of results averaged over seeds."""
+    """A Markdown table of results averaged over seeds: mean ± 95% interval over seeds, and how many seeds."""
+    from ._stats import format_ci
+
     rows = aggregate_results(results)
     lines = []
     for protocol in sorted({r["protocol"] for r in rows}):
         part = [r for r in rows if r["protocol"] == protocol]
         metrics = ["base", "novel", "hm"] if protocol == "base2novel" else sorted(
-            {k for r in part for k in r if k not in {"method", "textrefiner", "dataset", "protocol", "seeds"}}
+            {k for r in part for k in r if k not in {"method", "textrefiner", "dataset", "protocol", "seeds"} and not k.endswith("_ci95")}
         )
         lines.append("| method | dataset | seeds | " + " | ".join(metrics) + " |")
         lines.append("|---|---|---|" + "---|" * len(metrics))
         for r in part:
-            cells = [f"{r[m]:.2f}" if m in r else "" for m in metrics]
-            lines.append(f"| {_label(r)} | {r['dataset']} | {','.join(map(str, r['seeds']))} | " + " | ".join(cells) + " |")
+            cells = [format_ci(r[m], r.get(f"{m}_ci95"), digits=2) if m in r else "" for m in metrics]
+            seeds = f"{len(r['seeds'])} ({','.join(map(str, r['seeds']))})"
+            lines.append(f"| {_label(r)} | {r['dataset']} | {seeds} | " + " | ".join(cells) + " |")
         lines.append("")
+    if any(k.endswith("_ci95") for r in rows for k in r):
+        lines.append("Mean over seeds ± 95% interval (Student's t over the seeds); HM: the harmonic mean of the mean base and novel accuracies.")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -94,10 +104,25 @@ def read_results(path: Path) -> dict[str, Any]:
     return r
 
 
+def _is_table_output(path: Path) -> bool:
+    """A file `table --output` writes: OUTPUT.md, OUTPUT.png, or OUTPUT.json (a list of rows, where results.json is an object)."""
+    if not path.is_file() or path.name == RESULTS:
+        return False
+    if path.suffix in (".md", ".png"):
+        return True
+    try:
+        return path.suffix == ".json" and isinstance(json.loads(path.read_text()), list)
+    except (OSError, ValueError):
+        return False
+
+
 def read_runs(runs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     """The results of the runs named by their folders (or their results.json), each once, each checked."""
     results, seen = [], set()
     for run in runs:
+        if _is_table_output(Path(run)):  # `table runs/*` after `table --output runs/table`: not a run
+            print(f"note: skipping {run}: a table written by `textrefiner table`, not a run", file=sys.stderr)
+            continue
         path = Path(run) / RESULTS if Path(run).is_dir() else Path(run)
         if not path.is_file():
             raise FileNotFoundError(f"no {RESULTS} in {run}; has the run finished (or run `textrefiner eval`)?")

@@ -101,7 +101,7 @@ def make_fake_image_folder(
     """
     names = list(classnames) if classnames is not None else [f"class_{i}" for i in range(num_classes)]
     _check_counts(len(names), images_per_class, image_size, 1)
-    root = Path(root)
+    root = Path(root).expanduser()
     generator = torch.Generator().manual_seed(seed)
     for label, name in enumerate(names):
         for j in range(images_per_class):
@@ -139,7 +139,7 @@ def make_fake_dataset(
     """
     info = get_dataset_info(name)
     _check_counts(num_classes, images_per_class, image_size, 4)
-    root = Path(root)
+    root = Path(root).expanduser()
     if info.layout == "imagefolder":
         return make_fake_image_folder(root, num_classes=num_classes, images_per_class=images_per_class,
                                       image_size=image_size, seed=seed)

@@ -3,7 +3,7 @@
     from textrefiner.mini import load_clip, make_dataset
 
     model, tokenizer, image_processor = load_clip()    # a real CLIPModel, ~0.5 M parameters, shipped in the package
-    make_dataset("~/data", "shapes")                   # CoOp layout: ~/data/mini-shapes/...
+    make_dataset("~/data", "colours")                  # CoOp layout: ~/data/mini-colours/...
 
 It is a stand-in for CLIP and its benchmarks where no real weights or images can be
 downloaded: small enough to pretrain in ~13 minutes on one CPU core

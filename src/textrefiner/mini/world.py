@@ -4,7 +4,7 @@ Every scene is one object on a background: a ``shape`` (15 kinds, some of them l
 circle / oval / octagon, square / rectangle / diamond, pentagon / hexagon), a ``colour``
 (10), a fill ``pattern`` (plain, striped, dotted, checkered), a ``size`` (small, medium,
 large), a ``position`` (centre, left, right, top, bottom) and a ``style``: how the picture is
-taken (background, clutter, noise, contrast). Pictures are drawn with numpy at twice the
+taken (background, clutter, noise, contrast, a sepia cast). Pictures are drawn with numpy at twice the
 size and box-filtered down (anti-aliased edges), in about 0.1 ms each:
 
     rng = np.random.default_rng(0)
@@ -37,7 +37,7 @@ COLOURS = {  # name -> RGB in [0, 1]
 PATTERNS = ("plain", "striped", "dotted", "checkered")
 SIZES = ("small", "medium", "large")
 POSITIONS = ("centre", "left", "right", "top", "bottom")
-STYLES = ("studio", "clutter", "noisy", "night", "faded")
+STYLES = ("studio", "clutter", "noisy", "night", "faded", "sepia")
 
 # Words a caption can use besides the attribute names (the mini tokenizer's vocabulary).
 TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.", "a drawing of a {}.")
@@ -45,6 +45,7 @@ FILLER_WORDS = ("a", "an", "photo", "image", "picture", "drawing", "of", "shape"
 
 _SIZE_RADIUS = {"small": (0.2, 0.26), "medium": (0.3, 0.36), "large": (0.4, 0.46)}  # fraction of the side
 _OFFSET = {"centre": (0.0, 0.0), "left": (-1.0, 0.0), "right": (1.0, 0.0), "top": (0.0, -1.0), "bottom": (0.0, 1.0)}
+_SEPIA = np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]])  # RGB -> sepia RGB
 _UPSCALE = 2  # drawn at twice the size, then averaged 2x2
 
 
@@ -198,8 +199,10 @@ def draw(scene: Scene, rng: np.random.Generator, image_size: int = 32) -> np.nda
         obj = obj * rng.uniform(0.45, 0.7)
     elif scene.style == "faded":
         grey = obj.mean(-1, keepdims=True)
-        obj = 0.45 * obj + 0.55 * (0.5 * grey + 0.5 * 0.8)
+        obj = 0.3 * obj + 0.7 * (0.5 * grey + 0.5 * 0.8)
     img = np.where(mask[..., None], obj, img)
+    if scene.style == "sepia":  # an old print: colours pulled toward brown tones, part of the hue left
+        img = 0.3 * img + 0.7 * np.clip(img @ _SEPIA.T, 0, 1)
     img = img.reshape(image_size, _UPSCALE, image_size, _UPSCALE, 3).mean(axis=(1, 3))  # anti-alias
 
     sigma = {"studio": rng.uniform(0.0, 0.04), "noisy": rng.uniform(0.09, 0.15)}.get(scene.style, rng.uniform(0.02, 0.06))

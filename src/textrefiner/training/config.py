@@ -74,6 +74,9 @@ class RunConfig:
     compile_mode: str | None = None  # with compile: torch.compile's mode, one of COMPILE_MODES (None: torch's default)
 
     def __post_init__(self) -> None:
+        for name in ("root", "output_dir", "unlabeled_root", "model", "teacher"):  # `--root=~/data` reaches us unexpanded
+            if isinstance(getattr(self, name), str) and getattr(self, name).startswith("~"):
+                setattr(self, name, os.path.expanduser(getattr(self, name)))
         if self.select == "auto":  # base-to-novel keeps the best val epoch; cross-dataset runs test the last,
             # and so does PromptSRC, whose Gaussian aggregate of every epoch is loaded after the last
             self.select = "last" if self.subsample == "all" or self.method == "promptsrc" else "best-val"

@@ -27,7 +27,7 @@ from .distributed import _Dist, _rank0_state
 from .evaluation import evaluate, evaluate_run
 from .loaders import DECODE_MEMORY_SHARE, _augment_on, _decode_budget, _loader
 from .resume import _resume
-from .run_data import _validation_split
+from .run_data import _has_val, _validation_split
 from .schedule import make_scheduler
 from .teacher import teacher_digest
 
@@ -124,7 +124,7 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
     else:
         train_set = ImageDataset(items, train_transform, seed=cfg.seed)
     val_set = val_classnames = None
-    if cfg.select == "best-val":
+    if cfg.select == "best-val" or _has_val(cfg):  # with `last` too: scored before and after, to tell a run that did not learn
         val_items, val_classnames = _validation_split(cfg)
         val_set = ImageDataset(val_items, transforms_from_processor(processor, train=False))
     params = [p for p in method.parameters() if p.requires_grad]
@@ -153,6 +153,14 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
         cfg.save(out)
     ddp.barrier()
 
+    val_start = None  # the untrained prompts' val accuracy (CoOp from "a photo of a": zero-shot CLIP's)
+    if val_set is not None and start == 0:
+        rng = torch.get_rng_state()  # the loader's base seed is drawn from it: training stays as without this pass
+        val_start = evaluate(method, val_set, val_classnames, cfg, device, desc="val (before training)", ddp=ddp)
+        torch.set_rng_state(rng)
+        if val_classnames != classnames:
+            with _autocast(device, cfg.precision):
+                method.prepare_eval(classnames)
     loader = _loader(train_set, cfg, train=True, epoch=start, ddp=ddp, device=device)  # its workers live for the run
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -164,12 +172,16 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             scheduler.step()
         record["seconds"] = time.perf_counter() - t0
-        if val_set is not None:  # every rank scores its share of the val images, with rank 0's state
-            with _rank0_state(method, ddp):
+        if epoch == 0 and val_start is not None:  # for the end of `train`: did the prompts move at all?
+            record["val_acc_before_training"] = val_start
+        # best-val scores every epoch; `last` only the last one, to compare with the start
+        if val_set is not None and (cfg.select == "best-val" or epoch + 1 == cfg.epochs):
+            with _rank0_state(method, ddp):  # every rank scores its share of the val images, with rank 0's state
                 record["val_acc"] = evaluate(method, val_set, val_classnames, cfg, device, desc="val", ddp=ddp)
             if val_classnames != classnames:  # back to the training classes (unlabelled PromptKD trains on all)
                 with _autocast(device, cfg.precision):  # the frozen weights may be stored in the autocast dtype
                     method.prepare_eval(classnames)
+        if val_set is not None and cfg.select == "best-val":
             if best["val_acc"] is None or record["val_acc"] > best["val_acc"]:  # strictly better: the first best is kept
                 best = {"epoch": epoch + 1, "val_acc": record["val_acc"]}  # the same on every rank
                 if ddp.main:

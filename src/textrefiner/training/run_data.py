@@ -79,6 +79,17 @@ def _validation_split(cfg: RunConfig) -> tuple[list, list[str]]:
     return items, data.classnames
 
 
+def _has_val(cfg: RunConfig) -> bool:
+    """Whether the run has labelled val images to score (a `last` run may have none: then nothing is scored)."""
+    if cfg.unlabeled or cfg.unlabeled_root or cfg.val_split != "val" or cfg.shots <= 0:
+        return False
+    try:
+        items, classnames = _validation_split(cfg)
+    except (ValueError, OSError):
+        return False
+    return len(items) <= 4 * len(classnames)  # CoOp's few-shot val, not a test split standing in for it (ImageNet)
+
+
 def _test_splits(cfg: RunConfig) -> list[tuple[str, str]]:
     """The ``(dataset, subsample)`` test splits a run is scored on, in order.
 
@@ -103,7 +114,7 @@ def _check_run_images(cfg: RunConfig, items: list) -> None:
     from ..data import load_dataset
 
     paths = [item.impath for item in items]
-    if cfg.select == "best-val":
+    if cfg.select == "best-val" or _has_val(cfg):  # a `last` run scores its few-shot val too (training/loop.py)
         paths += [item.impath for item in _validation_split(cfg)[0]]
     for name, subsample in _test_splits(cfg):
         paths += [item.impath for item in load_dataset(name, cfg.root, shots=0, seed=cfg.seed, subsample=subsample).test]

@@ -25,7 +25,7 @@ def zero_shot_b2n(
     """Zero-shot base / novel / HM accuracy (%) of ``model`` on ``dataset``, as ``train`` reports them.
 
     Args:
-        dataset: a dataset name (e.g. ``"mini-shapes"``).
+        dataset: a dataset name (e.g. ``"mini-colours"``).
         root: the data folder.
         model: ``"mini"`` (the shipped mini CLIP), a Hub id or a local folder.
         seed: recorded only (nothing is random here).
