@@ -29,6 +29,10 @@ HERE = Path(__file__).resolve().parent
 # The prompt learners the benchmark runs by default, each without and with TextRefiner: one line each.
 METHODS = [
     "coop",
+    "cocoop",
+    "maple",
+    "kgcoop",
+    "promptsrc",
 ]
 
 
