@@ -518,5 +518,8 @@ def test_make_fake_dataset_and_run_config_expand_home(tmp_path, monkeypatch):
 def test_unknown_dataset_suggests_the_closest_name_as_typed(typed, suggested):
     from textrefiner.data import get_dataset_info
 
-    with pytest.raises(ValueError, match=rf"unknown dataset '{typed}' \(did you mean {suggested}\?\); known datasets: "):
+    with pytest.raises(ValueError, match=rf"unknown dataset '{typed}' \(did you mean {suggested}\?\); known datasets: ") as err:
         get_dataset_info(typed)
+    known = str(err.value).split("known datasets: ")[1].split(", ")
+    sep = "-" if "-" in typed else "_"
+    assert f"mini{sep}colours" in known and f"fgvc{sep}aircraft" in known  # the list spelt as the user spells too

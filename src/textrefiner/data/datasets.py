@@ -143,15 +143,19 @@ for _info in _INFOS:
         _LOOKUP.setdefault(_key(_info.split_file[len("split_zhou_"):-len(".json")]), _info.name)
 
 
+def _as_typed(known: str, name: str) -> str:
+    """A known dataset name spelt with the separator the user typed (``mini-colours`` after ``mini-colour``)."""
+    return known.replace("_", "-") if "-" in name else known
+
+
 def _did_you_mean(name: str) -> str:
-    """``" (did you mean mini-colours?)"`` for the closest known name, spelt with the user's separator; else ``""``."""
+    """``" (did you mean mini-colours?)"`` for the closest known name, spelt as the user spells; else ``""``."""
     import difflib
 
     close = difflib.get_close_matches(_key(name), list(_LOOKUP), n=1, cutoff=0.6)
     if not close:
         return ""
-    best = DATASETS[_LOOKUP[close[0]]].name
-    return f" (did you mean {best.replace('_', '-') if '-' in name else best}?)"
+    return f" (did you mean {_as_typed(DATASETS[_LOOKUP[close[0]]].name, name)}?)"
 
 
 def get_dataset_info(name: str) -> DatasetInfo:
@@ -165,5 +169,6 @@ def get_dataset_info(name: str) -> DatasetInfo:
         raise TypeError(f"expected a dataset name (str), got {type(name).__name__}")
     canonical = _LOOKUP.get(_key(name))
     if canonical is None:
-        raise ValueError(f"unknown dataset {name!r}{_did_you_mean(name)}; known datasets: {', '.join(sorted(DATASETS))}")
+        known = ", ".join(_as_typed(n, name) for n in sorted(DATASETS))
+        raise ValueError(f"unknown dataset {name!r}{_did_you_mean(name)}; known datasets: {known}")
     return DATASETS[canonical]
