@@ -72,7 +72,7 @@ def main() -> None:
 
     @torch.no_grad()
     def run_hook_work() -> torch.Tensor:
-        from textrefiner.hooks import cls_attention_row
+        from textrefiner.models.attach import cls_attention_row
 
         cls_attention_row(last_attention, hidden)  # (B, N)
         return hooked.visual_projection(vision.post_layernorm(hidden))  # (B, N+1, d)

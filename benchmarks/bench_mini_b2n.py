@@ -47,7 +47,7 @@ def summarise(results: list[dict], classes: dict[str, tuple[int, int]]) -> list[
     The HM column is the HM of the mean base and novel accuracies (as papers report); its interval is
     that of the per-seed HMs.
     """
-    from textrefiner._stats import mean_ci
+    from textrefiner.results import mean_ci
     from textrefiner.results import _label, harmonic_mean
 
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -77,7 +77,7 @@ def summarise(results: list[dict], classes: dict[str, tuple[int, int]]) -> list[
 
 def paired(results: list[dict]) -> list[dict]:
     """Per dataset and learner: TextRefiner - without, seed by seed, for base, novel and HM (mean and 95% interval)."""
-    from textrefiner._stats import paired_difference
+    from textrefiner.results import paired_difference
     from textrefiner.results import harmonic_mean
 
     runs: dict[tuple[str, str, bool], dict[int, dict]] = {}
@@ -100,7 +100,7 @@ def paired(results: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict], diffs: list[dict], meta: dict) -> str:
-    from textrefiner._stats import format_ci
+    from textrefiner.results import format_ci
 
     lines = [
         "## Base-to-novel on the mini CLIP (synthetic attribute world)",

@@ -9,7 +9,7 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 
 from textrefiner import TextRefiner, TextRefinerConfig
-from textrefiner.hf.card import model_card
+from textrefiner._card import model_card
 
 
 def _trained_refiner() -> TextRefiner:

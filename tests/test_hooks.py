@@ -11,8 +11,8 @@ from torch import nn
 
 import textrefiner
 from textrefiner import TextRefiner
-from textrefiner.hf.layouts import LAYOUTS
-from textrefiner.hooks import cls_attention_row
+from textrefiner.models.attach import cls_attention_row
+from textrefiner.models.hf_layouts import LAYOUTS
 
 from _families import FAMILIES, N_PATCHES, build, image_features, image_inputs, vision_attentions
 

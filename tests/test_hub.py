@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import textrefiner.hf.hub as hub
+import textrefiner.models.hub as hub
 from textrefiner.engine import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]

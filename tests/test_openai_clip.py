@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import textrefiner
-from textrefiner.openai_clip import OpenAICapture, mha_cls_attention, to_hf_clip
+from textrefiner.models.openai_clip import OpenAICapture, mha_cls_attention, to_hf_clip
 
 from _openai import D, N_PATCHES, OpenClipLikeCLIP, clip_model_code, images, text_ids, tiny_openai_clip
 

@@ -23,6 +23,18 @@ def test_public_surface():
     assert textrefiner.attach is attach
 
 
+def test_documented_modules_re_export_the_model_glue():
+    """``textrefiner.hooks`` and ``textrefiner.openai_clip`` are documented; their code lives in ``textrefiner.models``."""
+    import textrefiner.hooks as hooks
+    import textrefiner.models.attach as attach
+    import textrefiner.models.openai_clip as models_openai_clip
+    import textrefiner.openai_clip as openai_clip
+
+    for shim, home in ((hooks, attach), (openai_clip, models_openai_clip)):
+        assert all(getattr(shim, name) is getattr(home, name) for name in shim.__all__)
+    assert openai_clip.to_hf_clip is models_openai_clip.to_hf_clip
+
+
 def test_version_in_one_place_and_typed():
     from importlib.metadata import version
     from importlib.resources import files

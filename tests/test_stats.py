@@ -1,4 +1,4 @@
-"""textrefiner._stats: mean ± 95% interval over seeds and paired differences, against hand-worked values."""
+"""textrefiner.results, the statistics: mean ± 95% interval over seeds and paired differences, against hand-worked values."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from textrefiner._stats import format_ci, mean_ci, paired_difference, t_quantile
+from textrefiner.results import format_ci, mean_ci, paired_difference, t_quantile
 
 
 def test_interval_golden_values():

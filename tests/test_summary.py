@@ -1,11 +1,11 @@
-"""textrefiner._summary: the end of `train`, and the warning for a run whose prompts hardly moved."""
+"""textrefiner.training.summary: the end of `train`, and the warning for a run whose prompts hardly moved."""
 
 from __future__ import annotations
 
 import json
 from types import SimpleNamespace
 
-from textrefiner._summary import hardly_moved, run_summary, val_before_after
+from textrefiner.training.summary import hardly_moved, run_summary, val_before_after
 
 
 def _run(tmp_path, before, after, select="last", epoch=3):

@@ -15,7 +15,7 @@ from .config import TextRefinerConfig
 __all__ = ["RefinerLoss", "TextRefiner", "TextRefinerConfig", "__version__", "attach"]
 
 # public name -> module that defines it; imported on first use
-_LAZY = {"RefinerLoss": "refiner", "TextRefiner": "refiner", "attach": "hooks"}
+_LAZY = {"RefinerLoss": "refiner", "TextRefiner": "refiner", "attach": "models.attach"}
 
 
 def __getattr__(name: str) -> Any:

@@ -76,6 +76,17 @@ def _looks_local(name: str) -> bool:
     return Path(name.split("/", 1)[0]).is_dir()
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "openai/clip-vit-base-patch16" (or a legacy bare name)
+
+
+def hub_id(name_or_path: str | os.PathLike) -> str | None:
+    """``name_or_path`` when it can only mean a Hub repository (no such local path), else None."""
+    name = str(name_or_path)
+    if Path(name).expanduser().exists() or not _HUB_ID.fullmatch(name):
+        return None
+    return name
+
+
 def _resolve(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_dir():

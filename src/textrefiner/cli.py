@@ -228,7 +228,7 @@ def _print_results(results: dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ._summary import run_summary
+    from .training.summary import run_summary
     from .training import train
 
     cfg = _run_config(args)

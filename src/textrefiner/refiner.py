@@ -504,7 +504,7 @@ class TextRefiner(nn.Module):
         Returns:
             The folder.
         """
-        from .hf.card import write_model_card
+        from ._card import write_model_card
         from ._io import save_refiner
 
         directory = save_refiner(self, save_directory)

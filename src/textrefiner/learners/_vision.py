@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hf.layouts import find_layout, submodule
+from ..models.hf_layouts import find_layout, submodule
 
 PromptFn = Callable[[int], torch.Tensor]
 

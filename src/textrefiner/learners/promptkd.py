@@ -71,7 +71,7 @@ def load_teacher(name_or_path: str, device: torch.device | str | None = None) ->
     """
     from transformers import AutoModel, AutoTokenizer
 
-    from ..hf.hub import load_offline_first
+    from ..models.hub import load_offline_first
 
     def load(name: str, **kwargs: Any) -> tuple[nn.Module, Any]:
         try:

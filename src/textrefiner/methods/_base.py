@@ -110,7 +110,7 @@ class Method(nn.Module):
         ``strict`` option says otherwise.
         """
         if textrefiner:
-            from ..hooks import attach
+            from ..models.attach import attach
             from ..refiner import strict_default
 
             options = textrefiner if isinstance(textrefiner, dict) else {}

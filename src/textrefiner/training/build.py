@@ -26,10 +26,10 @@ def load_pretrained(name_or_path: str) -> tuple[torch.nn.Module, Any, Any]:
     """Model, tokenizer and image processor from a Hub id or a local folder, with a clear error."""
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-    from ..hf.layouts import find_layout
+    from ..models.hf_layouts import find_layout
     from ..mini.model import resolve
 
-    from ..hf.hub import load_offline_first
+    from ..models.hub import load_offline_first
 
     def load(name: str, **kwargs: Any) -> tuple[torch.nn.Module, Any, Any]:
         try:

@@ -217,7 +217,7 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
     if ddp.main:
         atomic_write_text(out / RESULTS, json.dumps(results, indent=2, sort_keys=True) + "\n")
         if method.refiner is not None:  # the refiner's model card names the run it came from
-            from ..hf.card import write_model_card
+            from .._card import write_model_card
 
             write_model_card(out / "refiner", method.refiner.config, run=dataclasses.asdict(cfg), results=results)
     ddp.barrier()

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import TextRefinerConfig
+from .config import TextRefinerConfig
 
 CARD_NAME = "README.md"
 HOMEPAGE = "https://github.com/textrefiner/textrefiner"
@@ -19,7 +19,7 @@ _RUN_FIELDS = ("model", "method", "dataset", "subsample", "shots", "seed", "epoc
 
 def _hub_model(name: Any) -> str | None:
     """``name`` when it reads as a Hub model id (for the card's ``base_model``), else None."""
-    from .hub import hub_id
+    from ._io import hub_id
 
     return hub_id(name) if isinstance(name, str) and "/" in name else None
 
@@ -99,7 +99,7 @@ def write_model_card(directory: str | os.PathLike, config: TextRefinerConfig, **
     """Write :func:`model_card` as ``README.md`` in ``directory``; returns its path."""
     from huggingface_hub import ModelCard
 
-    from .._io import atomic_write_text
+    from ._io import atomic_write_text
 
     path = Path(directory) / CARD_NAME
     atomic_write_text(path, str(ModelCard(model_card(config, **kwargs))))

@@ -4,7 +4,7 @@ A capture finds its format's parts in ``__init__`` (refusing before anything is 
 registers its hooks in ``_register`` and says the width of the tokens it captures
 (``token_dim``). This base holds the rest: the refiner it feeds, held weakly; the hook handles
 and their removal; the registry of attached towers; and what a copy of a hooked model carries.
-The captures: ``hooks.VisionCapture`` (transformers models), ``openai_clip.OpenAICapture``
+The captures: ``attach.VisionCapture`` (transformers models), ``openai_clip.OpenAICapture``
 (OpenAI ``clip`` format and open_clip).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .refiner import TextRefiner
+from ..refiner import TextRefiner
 
 # vision tower -> its live capture; one refiner per tower at a time.
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, Capture] = weakref.WeakKeyDictionary()

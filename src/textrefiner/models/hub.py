@@ -7,22 +7,13 @@ an offline machine should instead say at once what to do (point ``--model`` at a
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path
 from typing import Callable, TypeVar
 
+from .._io import hub_id
+
 T = TypeVar("T")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "openai/clip-vit-base-patch16" (or a legacy bare name)
 _TRUE = {"1", "ON", "YES", "TRUE"}
 CONNECT_TIMEOUT = 5.0  # seconds for the one reachability request
-
-
-def hub_id(name_or_path: str | os.PathLike) -> str | None:
-    """``name_or_path`` when it can only mean a Hub repository (no such local path), else None."""
-    name = str(name_or_path)
-    if Path(name).expanduser().exists() or not _HUB_ID.fullmatch(name):
-        return None
-    return name
 
 
 def in_local_cache(repo_id: str) -> bool:
@@ -90,4 +81,3 @@ def load_offline_first(load: Callable[..., T], name_or_path: str, option: str = 
             pass  # only part of it is cached: the Hub has the rest
     check_hub(repo, option)
     return load(name_or_path)
-

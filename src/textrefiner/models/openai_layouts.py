@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .hf.layouts import SUPPORTED
+from .hf_layouts import SUPPORTED
 
 OPENAI_FORMAT = (
     "OpenAI `clip` format ViTs (clip.model.CLIP, its `visual`, or a copy of that model.py; vision tower with "
