@@ -16,12 +16,13 @@ import tempfile
 import torch
 from torch.utils.data import DataLoader
 import transformers
-from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer
 
 from textrefiner.data import ImageDataset, load_dataset, make_fake_dataset, transforms_from_processor
 from textrefiner.methods import build_method
 from textrefiner.mini import WEIGHTS_DIR
 from textrefiner.mini.datasets import MINI_RECIPE
+from textrefiner.models.processor import load_image_processor
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     clip = AutoModel.from_pretrained(args.model).to(device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    processor = AutoImageProcessor.from_pretrained(args.model)
+    processor = load_image_processor(args.model)  # AutoImageProcessor, or its Pillow backend without torchvision
 
     # Few-shot base classes for training, the model's own preprocessing plus crop/flip.
     data = load_dataset(args.dataset, args.root, shots=args.shots, seed=args.seed, subsample="base")

@@ -125,3 +125,30 @@ def test_train_command_with_an_unreachable_hub_id_says_what_to_do(tmp_path, fake
     assert err.startswith("textrefiner train: error: 'openai/clip-vit-base-patch16' is neither a local folder"), err
     assert reason in err and "--model DIR" in err
     assert "Traceback" not in err and "Retrying" not in err
+
+
+def test_image_processor_without_torchvision_is_the_pillow_backend(tiny_clip_dir, monkeypatch):
+    """transformers releases that guard AutoImageProcessor behind torchvision (5.17): the folder's
+    Pillow-backed processor, with the same settings and the same pixels."""
+    import numpy as np
+    import torch
+    import transformers
+    from PIL import Image
+
+    from textrefiner.models.processor import load_image_processor
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    want = load_image_processor(str(tiny_clip_dir))
+
+    class Guarded:  # what transformers 5.17 puts in AutoImageProcessor's place without torchvision
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            raise ImportError("AutoImageProcessor requires the Torchvision library but it was not found in your environment.")
+
+    monkeypatch.setattr(transformers, "AutoImageProcessor", Guarded)
+    got = load_image_processor(str(tiny_clip_dir))
+    assert type(got).__name__.endswith("Pil")
+    assert torch.equal(got(image, return_tensors="pt")["pixel_values"], want(image, return_tensors="pt")["pixel_values"])
+    monkeypatch.setattr(transformers, "AutoImageProcessor", type("Other", (), {"from_pretrained": classmethod(lambda *a, **k: (_ for _ in ()).throw(ImportError("needs PyAV")))}))
+    with pytest.raises(ImportError, match="PyAV"):  # other missing backends are not papered over
+        load_image_processor(str(tiny_clip_dir))

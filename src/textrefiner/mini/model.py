@@ -135,8 +135,10 @@ def load_clip(path: str | os.PathLike | None = None) -> tuple[Any, Any, Any]:
         FileNotFoundError: ``path`` is not a folder with ``config.json``.
     """
     import torch
-    from transformers import AutoImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers import CLIPModel, CLIPTokenizer
     from transformers.utils import logging as hf_logging
+
+    from ..models.processor import load_image_processor
 
     folder = Path(path) if path is not None else WEIGHTS_DIR
     if not (folder / "config.json").is_file():
@@ -149,5 +151,5 @@ def load_clip(path: str | os.PathLike | None = None) -> tuple[Any, Any, Any]:
         if bars:
             hf_logging.enable_progress_bar()
     tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-    processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    processor = load_image_processor(str(folder), local_files_only=True)
     return model.eval(), tokenizer, processor

@@ -24,19 +24,20 @@ def seed_everything(seed: int) -> None:
 
 def load_pretrained(name_or_path: str) -> tuple[torch.nn.Module, Any, Any]:
     """Model, tokenizer and image processor from a Hub id or a local folder, with a clear error."""
-    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer
 
     from ..models.hf_layouts import find_layout
     from ..mini.model import resolve
 
     from ..models.hub import load_offline_first
+    from ..models.processor import load_image_processor
 
     def load(name: str, **kwargs: Any) -> tuple[torch.nn.Module, Any, Any]:
         try:
             model = AutoModel.from_pretrained(name, **kwargs)
             find_layout(model)  # an unsupported family is named before anything else is loaded
             tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-            processor = AutoImageProcessor.from_pretrained(name, **kwargs)
+            processor = load_image_processor(name, **kwargs)
         except (OSError, ValueError, KeyError) as err:
             raise ValueError(
                 f"could not load a CLIP-family model from {name!r} (a Hub id or a folder with config.json, "
@@ -86,12 +87,11 @@ def _teacher(cfg: RunConfig, device: torch.device, classnames: list[str], proces
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    from transformers import AutoImageProcessor
-
     from ..mini.model import resolve
+    from ..models.processor import load_image_processor
 
     teacher_cfg = teacher_run_config(cfg.teacher)
-    check_same_preprocessing(cfg.teacher, AutoImageProcessor.from_pretrained(resolve(teacher_cfg.model)), cfg.model, processor)
+    check_same_preprocessing(cfg.teacher, load_image_processor(resolve(teacher_cfg.model)), cfg.model, processor)
     path = Path(cfg.teacher) / WEIGHTS
     try:
         weights = load_file(str(path), device=str(device))

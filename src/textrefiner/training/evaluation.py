@@ -100,11 +100,10 @@ def evaluate_run(
 
         load_state(method, {k: v.to(device) for k, v in weights.items()}, source=cfg.output_dir)
     if processor is None:
-        from transformers import AutoImageProcessor
-
         from ..mini.model import resolve
+        from ..models.processor import load_image_processor
 
-        processor = AutoImageProcessor.from_pretrained(resolve(cfg.model))
+        processor = load_image_processor(resolve(cfg.model))
     transform = transforms_from_processor(processor, train=False)
 
     def accuracy(name: str, subsample: str) -> float:
