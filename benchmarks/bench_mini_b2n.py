@@ -36,19 +36,13 @@ METHODS = [
 ]
 
 
-def _typed(dataset: str) -> str:
-    """A dataset as users type it (``mini-colours``)."""
-    return dataset.replace("_", "-")
-
-
 def summarise(results: list[dict], classes: dict[str, tuple[int, int]]) -> list[dict]:
     """One row per (dataset, method): mean and 95% interval over seeds of base, novel and HM; then the averages.
 
     The HM column is the HM of the mean base and novel accuracies (as papers report); its interval is
     that of the per-seed HMs.
     """
-    from textrefiner.results import mean_ci
-    from textrefiner.results import _label, harmonic_mean
+    from textrefiner.results import _label, harmonic_mean, mean_ci, typed_name
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
@@ -56,7 +50,7 @@ def summarise(results: list[dict], classes: dict[str, tuple[int, int]]) -> list[
     rows = []
     for (dataset, label), runs in groups.items():
         nb, nn = classes[dataset]
-        row = {"dataset": _typed(dataset), "method": label, "seeds": sorted(r["seed"] for r in runs),
+        row = {"dataset": typed_name(dataset), "method": label, "seeds": sorted(r["seed"] for r in runs),
                "chance_base": 100 / nb, "chance_novel": 100 / nn, "selected_epochs": [r.get("selected_epoch") for r in runs]}
         for key in ("base", "novel"):
             row[key], row[f"{key}_ci95"] = mean_ci([r[key] for r in runs])
@@ -77,8 +71,7 @@ def summarise(results: list[dict], classes: dict[str, tuple[int, int]]) -> list[
 
 def paired(results: list[dict]) -> list[dict]:
     """Per dataset and learner: TextRefiner - without, seed by seed, for base, novel and HM (mean and 95% interval)."""
-    from textrefiner.results import paired_difference
-    from textrefiner.results import harmonic_mean
+    from textrefiner.results import harmonic_mean, paired_difference, typed_name
 
     runs: dict[tuple[str, str, bool], dict[int, dict]] = {}
     for r in results:
@@ -88,7 +81,7 @@ def paired(results: list[dict]) -> list[dict]:
         without = runs.get((dataset, method, False))
         if not refined or not without:
             continue
-        row = {"dataset": _typed(dataset), "method": method}
+        row = {"dataset": typed_name(dataset), "method": method}
         for key in ("base", "novel", "hm"):
             def value(r):
                 return harmonic_mean(r["base"], r["novel"]) if key == "hm" else r[key]

@@ -28,13 +28,13 @@ MINI_BANNER = (
 
 def demo_table(results: Sequence[dict], classes: dict[str, tuple[int, int]]) -> str:
     """Markdown table: one row per (dataset, method), averaged over seeds, with the chance level."""
-    from .results import _label, aggregate_results
+    from .results import _label, aggregate_results, typed_name
 
     rows = [r for r in aggregate_results(results) if not r["dataset"].startswith("average")]
     lines = ["| dataset | classes base/novel | chance base/novel | method | base | novel | HM |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         nb, nn = classes[r["dataset"]]
-        lines.append(f"| {r['dataset'].replace('_', '-')} | {nb}/{nn} | {100 / nb:.1f}/{100 / nn:.1f} | {_label(r)} | "
+        lines.append(f"| {typed_name(r['dataset'])} | {nb}/{nn} | {100 / nb:.1f}/{100 / nn:.1f} | {_label(r)} | "
                      f"{r['base']:.1f} | {r['novel']:.1f} | {r['hm']:.1f} |")
     return "\n".join(lines) + "\n"
 

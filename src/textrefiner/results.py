@@ -122,7 +122,7 @@ def _dataset_averages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return averages
 
 
-def _as_typed(dataset: str) -> str:
+def typed_name(dataset: str) -> str:
     """A dataset as users type it: the mini datasets with hyphens (``mini-colours``), the others as named."""
     return dataset.replace("_", "-") if dataset.startswith("mini_") else dataset
 
@@ -141,7 +141,7 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
         for r in part:
             cells = [format_ci(r[m], r.get(f"{m}_ci95"), digits=2) if m in r else "" for m in metrics]
             seeds = f"{len(r['seeds'])} ({','.join(map(str, r['seeds']))})"
-            lines.append(f"| {_label(r)} | {_as_typed(r['dataset'])} | {seeds} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_label(r)} | {typed_name(r['dataset'])} | {seeds} | " + " | ".join(cells) + " |")
         lines.append("")
     if any(k.endswith("_ci95") for r in rows for k in r):
         lines.append("Mean over seeds ± 95% interval (Student's t over the seeds); HM: the harmonic mean of the mean base and novel accuracies.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -153,14 +154,21 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
         cfg.save(out)
     ddp.barrier()
 
+    def score_val(desc: str, state: contextlib.AbstractContextManager = contextlib.nullcontext()) -> float:
+        """Val accuracy (scored under ``state``), then the method back on the training classes
+        (unlabelled PromptKD trains on all)."""
+        with state:
+            acc = evaluate(method, val_set, val_classnames, cfg, device, desc=desc, ddp=ddp)
+        if val_classnames != classnames:
+            with _autocast(device, cfg.precision):  # the frozen weights may be stored in the autocast dtype
+                method.prepare_eval(classnames)
+        return acc
+
     val_start = None  # the untrained prompts' val accuracy (CoOp from "a photo of a": zero-shot CLIP's)
     if val_set is not None and start == 0:
         rng = torch.get_rng_state()  # the loader's base seed is drawn from it: training stays as without this pass
-        val_start = evaluate(method, val_set, val_classnames, cfg, device, desc="val (before training)", ddp=ddp)
+        val_start = score_val("val (before training)")
         torch.set_rng_state(rng)
-        if val_classnames != classnames:
-            with _autocast(device, cfg.precision):
-                method.prepare_eval(classnames)
     loader = _loader(train_set, cfg, train=True, epoch=start, ddp=ddp, device=device)  # its workers live for the run
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -176,11 +184,8 @@ def _train(cfg: RunConfig, out: Path, ddp: _Dist, device: torch.device, items, c
             record["val_acc_before_training"] = val_start
         # best-val scores every epoch; `last` only the last one, to compare with the start
         if val_set is not None and (cfg.select == "best-val" or epoch + 1 == cfg.epochs):
-            with _rank0_state(method, ddp):  # every rank scores its share of the val images, with rank 0's state
-                record["val_acc"] = evaluate(method, val_set, val_classnames, cfg, device, desc="val", ddp=ddp)
-            if val_classnames != classnames:  # back to the training classes (unlabelled PromptKD trains on all)
-                with _autocast(device, cfg.precision):  # the frozen weights may be stored in the autocast dtype
-                    method.prepare_eval(classnames)
+            # every rank scores its share of the val images, with rank 0's state
+            record["val_acc"] = score_val("val", _rank0_state(method, ddp))
         if val_set is not None and cfg.select == "best-val":
             if best["val_acc"] is None or record["val_acc"] > best["val_acc"]:  # strictly better: the first best is kept
                 best = {"epoch": epoch + 1, "val_acc": record["val_acc"]}  # the same on every rank
